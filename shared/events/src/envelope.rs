@@ -1,0 +1,218 @@
+//! The event envelope and its canonical bytes.
+
+use chrono::{DateTime, FixedOffset, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use underwrite_domain::BusinessDate;
+
+use crate::ids::{EventId, derive_event_id};
+use crate::payloads::{EventPayload, EventType};
+
+/// The largest event accepted, in bytes: the SQS message limit of 1 MiB.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Errors raised while reading an event. Every variant is permanent: the
+/// same bytes fail the same way on every retry.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EventError {
+    /// The bytes are not a JSON object.
+    #[error("malformed JSON: {reason}")]
+    MalformedJson {
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// A required envelope field is absent.
+    #[error("missing field {field:?}: every event needs id, type, occurred_at and payload")]
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// An envelope field has the wrong form.
+    #[error("invalid field {field:?}: {reason}")]
+    InvalidField {
+        /// The field's name.
+        field: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// The event type is not in the catalogue.
+    #[error("unknown event type {value:?}: expected one of {known}")]
+    UnknownType {
+        /// The rejected type.
+        value: String,
+        /// The known types.
+        known: String,
+    },
+    /// The payload does not match its type.
+    #[error("invalid {event_type} payload: {reason}")]
+    InvalidPayload {
+        /// The event type.
+        event_type: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// The event is larger than a queue message may be.
+    #[error(
+        "event of {bytes} bytes exceeds the limit of {max} bytes; send large documents by reference"
+    )]
+    Oversize {
+        /// The event's size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What an input event must contain, appended to parse errors.
+pub(crate) const EVENT_FIELDS_HELP: &str = "an input event is one JSON object with id, type, occurred_at, payload and optionally business_date";
+
+/// The JSON envelope of every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Unique id; consumers deduplicate on it.
+    pub id: EventId,
+    /// Dotted type name, such as `loan.disbursed`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Payload schema version.
+    pub version: u32,
+    /// Identity of the emitter: a service name, or `input` for events a
+    /// lender's systems sent in.
+    pub source: String,
+    /// The entity the event is about: a loan id or a business date.
+    pub subject: String,
+    /// When the event happened, RFC 3339 with offset.
+    #[serde(with = "rfc3339")]
+    pub occurred_at: DateTime<FixedOffset>,
+    /// The IST calendar date the event belongs to.
+    pub business_date: BusinessDate,
+    /// Id of the first event of the flow.
+    pub correlation_id: EventId,
+    /// Id of the event that caused this one; absent for input events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<EventId>,
+    /// The typed body, as JSON.
+    pub payload: serde_json::Value,
+    /// Ed25519 signature over the canonical bytes, base64. Events are not
+    /// signed yet, so this is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Id of the signing key. Absent while events are not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+mod rfc3339 {
+    use chrono::{DateTime, FixedOffset, SecondsFormat};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &DateTime<FixedOffset>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<FixedOffset>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid occurred_at {text:?}: expected an RFC 3339 timestamp with offset, such as \"2024-03-31T20:00:00Z\""
+            ))
+        })
+    }
+}
+
+impl Envelope {
+    /// Parses a queue message body, checking the type and payload too.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EventError> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(EventError::Oversize {
+                bytes: bytes.len(),
+                max: MAX_EVENT_BYTES,
+            });
+        }
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|error| EventError::MalformedJson {
+                reason: error.to_string(),
+            })?;
+        envelope.typed()?;
+        Ok(envelope)
+    }
+
+    /// The known type of the event.
+    pub fn known_type(&self) -> Result<EventType, EventError> {
+        EventType::from_name(&self.event_type).ok_or_else(|| EventError::UnknownType {
+            value: self.event_type.clone(),
+            known: EventType::known_names(),
+        })
+    }
+
+    /// The payload parsed as its type.
+    pub fn typed(&self) -> Result<EventPayload, EventError> {
+        let event_type = self.known_type()?;
+        EventPayload::parse(event_type, &self.payload).map_err(|reason| {
+            EventError::InvalidPayload {
+                event_type: event_type.as_str(),
+                reason,
+            }
+        })
+    }
+
+    /// Builds output number `position` of the handler `source` for `cause`.
+    /// The id derives from the cause's id and the position, so reprocessing
+    /// re-emits the same event.
+    pub fn caused_by(
+        cause: &Envelope,
+        position: u32,
+        source: &str,
+        subject: &str,
+        business_date: BusinessDate,
+        payload: &EventPayload,
+    ) -> Envelope {
+        let millis = cause.occurred_at.timestamp_millis().max(0) as u64;
+        Envelope {
+            id: derive_event_id(&cause.id, position, millis),
+            event_type: payload.event_type().as_str().to_string(),
+            version: 1,
+            source: source.to_string(),
+            subject: subject.to_string(),
+            occurred_at: cause.occurred_at,
+            business_date,
+            correlation_id: cause.correlation_id.clone(),
+            causation_id: Some(cause.id.clone()),
+            payload: payload.to_value(),
+            signature: None,
+            key_id: None,
+        }
+    }
+
+    /// The event as compact JSON with sorted keys, signature included.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&serde_json::to_value(self).expect("envelope serialises"))
+            .expect("envelope serialises")
+    }
+
+    /// `occurred_at` in its canonical text form.
+    pub fn occurred_at_text(&self) -> String {
+        self.occurred_at
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+}
+
+/// The canonical bytes of an event: compact JSON of every field except
+/// `signature` and `key_id`, with object keys sorted at every level. These
+/// are the bytes a signature covers and the audit ledger hashes.
+pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {
+    let mut value = serde_json::to_value(envelope).expect("envelope serialises");
+    if let Some(object) = value.as_object_mut() {
+        object.remove("signature");
+        object.remove("key_id");
+    }
+    // serde_json's map is a BTreeMap unless its `preserve_order` feature is
+    // enabled, so keys come out sorted.
+    serde_json::to_vec(&value).expect("JSON value serialises")
+}

@@ -1,0 +1,310 @@
+//! Typed payloads of the event catalogue.
+
+use serde::{Deserialize, Serialize};
+use underwrite_domain::{AnnualRate, AssetClass, BusinessDate, Paise};
+
+use crate::ids::{BorrowerId, EventId, LoanId, PaymentId};
+
+/// The event types this crate knows, with their wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    /// `loan.disbursed`
+    LoanDisbursed,
+    /// `repayment.received`
+    RepaymentReceived,
+    /// `repayment.reversed`
+    RepaymentReversed,
+    /// `day.closed`
+    DayClosed,
+    /// `sma.classified`
+    SmaClassified,
+    /// `npa.bucket.changed`
+    NpaBucketChanged,
+    /// `npa.dlg.triggered`
+    NpaDlgTriggered,
+}
+
+impl EventType {
+    /// Every known type.
+    pub const ALL: [EventType; 7] = [
+        EventType::LoanDisbursed,
+        EventType::RepaymentReceived,
+        EventType::RepaymentReversed,
+        EventType::DayClosed,
+        EventType::SmaClassified,
+        EventType::NpaBucketChanged,
+        EventType::NpaDlgTriggered,
+    ];
+
+    /// Types a lender's systems send in (`underwrite run --input`).
+    pub const INPUT: [EventType; 4] = [
+        EventType::LoanDisbursed,
+        EventType::RepaymentReceived,
+        EventType::RepaymentReversed,
+        EventType::DayClosed,
+    ];
+
+    /// The wire name, such as `loan.disbursed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::LoanDisbursed => "loan.disbursed",
+            EventType::RepaymentReceived => "repayment.received",
+            EventType::RepaymentReversed => "repayment.reversed",
+            EventType::DayClosed => "day.closed",
+            EventType::SmaClassified => "sma.classified",
+            EventType::NpaBucketChanged => "npa.bucket.changed",
+            EventType::NpaDlgTriggered => "npa.dlg.triggered",
+        }
+    }
+
+    /// Looks up a wire name.
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The wire names of every known type, comma-separated, for messages.
+    pub fn known_names() -> String {
+        EventType::ALL.map(|t| t.as_str()).join(", ")
+    }
+}
+
+/// `loan.disbursed`: a loan was paid out and its schedule starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoanDisbursed {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The borrower.
+    pub borrower_id: BorrowerId,
+    /// Product code; product settings (such as the due-day rule) are keyed by it.
+    pub product: String,
+    /// Amount disbursed.
+    pub principal: Paise,
+    /// Nominal rate, percent per year.
+    pub annual_rate: AnnualRate,
+    /// Number of monthly instalments.
+    pub tenor_months: u32,
+    /// Disbursal date.
+    pub disbursed_on: BusinessDate,
+    /// Due date of the first instalment.
+    pub first_due_date: BusinessDate,
+    /// Value of the security held, zero for an unsecured loan.
+    #[serde(default)]
+    pub secured_value: Paise,
+}
+
+/// `repayment.received`: money was received against a loan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepaymentReceived {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The payment, unique within the loan.
+    pub payment_id: PaymentId,
+    /// Amount received, greater than zero.
+    pub amount: Paise,
+    /// Date from which the money counts; may precede the business date (a
+    /// backdated payment).
+    pub value_date: BusinessDate,
+}
+
+/// `repayment.reversed`: an earlier repayment did not clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepaymentReversed {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The payment reversed.
+    pub payment_id: PaymentId,
+    /// Date of the reversal.
+    pub reversed_on: BusinessDate,
+}
+
+/// `day.closed`: the lender closed a business date; day-end runs for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DayClosed {
+    /// The business date closed.
+    pub business_date: BusinessDate,
+}
+
+/// Whether a classification event reports news or revises history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revision {
+    /// A change found on the date it happened.
+    Original,
+    /// A change on a past date, found when a backdated repayment or a
+    /// reversal rewrote the loan's history.
+    Correction,
+    /// Withdraws the event named in `corrects`: after a rewrite of history
+    /// that change never happened.
+    Retraction,
+}
+
+/// `sma.classified` and `npa.bucket.changed`: a loan's asset class changed.
+/// `npa.bucket.changed` is used when either class is an NPA class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassChanged {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The borrower.
+    pub borrower_id: BorrowerId,
+    /// Date from which the new class holds.
+    pub as_of: BusinessDate,
+    /// Days past due on that date.
+    pub dpd: u32,
+    /// Class on the previous day.
+    pub previous_class: AssetClass,
+    /// Class from `as_of`.
+    pub asset_class: AssetClass,
+    /// Start of the borrower's NPA spell, when the class is an NPA class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npa_date: Option<BusinessDate>,
+    /// Amount overdue on that date.
+    pub overdue_amount: Paise,
+    /// News, correction or retraction.
+    pub revision: Revision,
+    /// For a retraction, the event withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<EventId>,
+}
+
+/// `npa.dlg.triggered`: the loan reached 120 DPD, the latest point at which
+/// a default loss guarantee may be invoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlgTriggered {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The borrower.
+    pub borrower_id: BorrowerId,
+    /// The date the loan reached 120 DPD.
+    pub as_of: BusinessDate,
+    /// Days past due on that date.
+    pub dpd: u32,
+    /// The oldest unpaid due date.
+    pub first_overdue_date: BusinessDate,
+    /// Amount overdue on that date.
+    pub overdue_amount: Paise,
+    /// News, correction or retraction.
+    pub revision: Revision,
+    /// For a retraction, the event withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrects: Option<EventId>,
+}
+
+/// A parsed payload of a known type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPayload {
+    /// `loan.disbursed`
+    LoanDisbursed(LoanDisbursed),
+    /// `repayment.received`
+    RepaymentReceived(RepaymentReceived),
+    /// `repayment.reversed`
+    RepaymentReversed(RepaymentReversed),
+    /// `day.closed`
+    DayClosed(DayClosed),
+    /// `sma.classified`
+    SmaClassified(ClassChanged),
+    /// `npa.bucket.changed`
+    NpaBucketChanged(ClassChanged),
+    /// `npa.dlg.triggered`
+    NpaDlgTriggered(DlgTriggered),
+}
+
+impl EventPayload {
+    /// The payload's event type.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventPayload::LoanDisbursed(_) => EventType::LoanDisbursed,
+            EventPayload::RepaymentReceived(_) => EventType::RepaymentReceived,
+            EventPayload::RepaymentReversed(_) => EventType::RepaymentReversed,
+            EventPayload::DayClosed(_) => EventType::DayClosed,
+            EventPayload::SmaClassified(_) => EventType::SmaClassified,
+            EventPayload::NpaBucketChanged(_) => EventType::NpaBucketChanged,
+            EventPayload::NpaDlgTriggered(_) => EventType::NpaDlgTriggered,
+        }
+    }
+
+    /// The payload as JSON.
+    pub fn to_value(&self) -> serde_json::Value {
+        let value = match self {
+            EventPayload::LoanDisbursed(p) => serde_json::to_value(p),
+            EventPayload::RepaymentReceived(p) => serde_json::to_value(p),
+            EventPayload::RepaymentReversed(p) => serde_json::to_value(p),
+            EventPayload::DayClosed(p) => serde_json::to_value(p),
+            EventPayload::SmaClassified(p) | EventPayload::NpaBucketChanged(p) => {
+                serde_json::to_value(p)
+            }
+            EventPayload::NpaDlgTriggered(p) => serde_json::to_value(p),
+        };
+        value.expect("payload types serialise to JSON")
+    }
+
+    /// Parses `payload` as the body of `event_type`, then checks the rules
+    /// that the types alone do not carry.
+    pub fn parse(event_type: EventType, payload: &serde_json::Value) -> Result<Self, String> {
+        fn typed<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<T, String> {
+            T::deserialize(payload).map_err(|error| error.to_string())
+        }
+        let parsed = match event_type {
+            EventType::LoanDisbursed => EventPayload::LoanDisbursed(typed(payload)?),
+            EventType::RepaymentReceived => EventPayload::RepaymentReceived(typed(payload)?),
+            EventType::RepaymentReversed => EventPayload::RepaymentReversed(typed(payload)?),
+            EventType::DayClosed => EventPayload::DayClosed(typed(payload)?),
+            EventType::SmaClassified => EventPayload::SmaClassified(typed(payload)?),
+            EventType::NpaBucketChanged => EventPayload::NpaBucketChanged(typed(payload)?),
+            EventType::NpaDlgTriggered => EventPayload::NpaDlgTriggered(typed(payload)?),
+        };
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            EventPayload::LoanDisbursed(p) => {
+                if !p.principal.is_positive() {
+                    return Err(format!(
+                        "invalid principal {:?}: it must be greater than zero",
+                        p.principal.to_string()
+                    ));
+                }
+                if p.tenor_months == 0
+                    || p.tenor_months > underwrite_domain::schedule::MAX_TENOR_MONTHS
+                {
+                    return Err(format!(
+                        "invalid tenor_months {}: it must be between 1 and {}",
+                        p.tenor_months,
+                        underwrite_domain::schedule::MAX_TENOR_MONTHS
+                    ));
+                }
+                if p.first_due_date <= p.disbursed_on {
+                    return Err(format!(
+                        "invalid first_due_date {}: it must be after disbursed_on {}",
+                        p.first_due_date, p.disbursed_on
+                    ));
+                }
+                if p.secured_value.is_negative() {
+                    return Err(format!(
+                        "invalid secured_value {:?}: it must not be negative",
+                        p.secured_value.to_string()
+                    ));
+                }
+                if p.product.is_empty() || p.product.len() > 64 {
+                    return Err(format!(
+                        "invalid product {:?}: use 1 to 64 characters",
+                        p.product
+                    ));
+                }
+                Ok(())
+            }
+            EventPayload::RepaymentReceived(p) if !p.amount.is_positive() => Err(format!(
+                "invalid amount {:?}: a repayment must be greater than zero",
+                p.amount.to_string()
+            )),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The contracts every service runs under, and the embedded runtime that runs
+//! them on one machine with one SQLite file.
+//!
+//! A service declares its name and the event types it subscribes to, and
+//! handles one event at a time, returning the state writes and events that
+//! follow from it or an error classified retryable or permanent. The driver
+//! commits the writes, the idempotency record and the outputs together, so a
+//! redelivered event applies nothing twice.
+
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod queue;
+pub mod service;
+pub mod sqlite;
+pub mod store;
+
+pub use driver::{EmbeddedRuntime, Progress, RunOptions};
+pub use queue::{DeadLetter, QueueSettings};
+pub use service::{Context, HandlerError, Outcome, Service};
+pub use sqlite::SqliteStore;
+pub use store::{Expected, StateWrite, Store, StoreError, Versioned};

@@ -1,0 +1,130 @@
+//! The handler contract.
+
+use async_trait::async_trait;
+use thiserror::Error;
+use underwrite_events::Envelope;
+
+use crate::store::{StateWrite, Store, StoreError};
+
+/// What a handler needs besides the event.
+pub struct Context<'a> {
+    /// State reads.
+    pub store: &'a dyn Store,
+    /// The handling service's name, also its identity as an emitter.
+    pub service: &'a str,
+}
+
+/// The effects of handling one event.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Conditional state writes, committed atomically with the idempotency
+    /// record.
+    pub writes: Vec<StateWrite>,
+    /// Events to publish after the commit.
+    pub emits: Vec<Envelope>,
+}
+
+/// A handler failure, classified by whether a retry can help.
+#[derive(Debug, Error)]
+pub enum HandlerError {
+    /// A retry may succeed: a store outage, a version conflict, or an event
+    /// that arrived before the one it depends on.
+    #[error("{message}")]
+    Retryable {
+        /// A fixed, low-cardinality code for logs and metrics.
+        code: &'static str,
+        /// What failed, on which value, and what to do.
+        message: String,
+    },
+    /// No retry can help: an invalid event or a rule violation. The record
+    /// goes to the dead-letter queue at once.
+    #[error("{message}")]
+    Permanent {
+        /// A fixed, low-cardinality code for logs and metrics.
+        code: &'static str,
+        /// What failed, on which value, and what to do.
+        message: String,
+    },
+}
+
+impl HandlerError {
+    /// A retryable error.
+    pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Retryable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Permanent {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HandlerError::Retryable { code, .. } | HandlerError::Permanent { code, .. } => code,
+        }
+    }
+
+    /// Whether a retry can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HandlerError::Retryable { .. })
+    }
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { .. } => {
+                HandlerError::retryable("version_conflict", error.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                HandlerError::retryable("store_unavailable", error.to_string())
+            }
+            StoreError::Corrupt { .. } => {
+                HandlerError::permanent("store_corrupt", error.to_string())
+            }
+        }
+    }
+}
+
+/// A service: a name, the event types it subscribes to, and a handler.
+#[async_trait]
+pub trait Service: Send + Sync {
+    /// The service's name, such as `npa`; also its queue's name.
+    fn name(&self) -> &'static str;
+
+    /// The event types it handles; `*` subscribes to every type.
+    fn subscriptions(&self) -> &'static [&'static str];
+
+    /// Handles one event. Must be deterministic in the event and the state
+    /// it reads, so that a redelivery computes the same outcome.
+    async fn handle(
+        &self,
+        event: &Envelope,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError>;
+}
+
+/// Reads and parses a JSON state value.
+pub async fn read_state<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<(Option<T>, Option<crate::store::Versioned>), HandlerError> {
+    let read = store.get(key).await?;
+    let parsed = match &read {
+        Some(versioned) => Some(T::deserialize(&versioned.value).map_err(|error| {
+            HandlerError::permanent(
+                "store_corrupt",
+                format!("stored value at key {key:?} does not match its type: {error}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok((parsed, read))
+}

@@ -1,0 +1,601 @@
+//! The embedded store: state, queues, dead letters and idempotency records in
+//! one SQLite file (WAL mode).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::queue::{DeadLetter, QueueSettings, ReceivedMessage};
+use crate::store::{Expected, StateWrite, Store, StoreError, Versioned};
+
+/// Schema migrations, applied in order and recorded in `migrations`.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "embedded_store",
+    include_str!("../../../migrations/0001_embedded_store.sql"),
+)];
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Result of committing a handled event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitResult {
+    /// Writes, idempotency record and outputs committed; message deleted.
+    Committed,
+    /// The event was already complete for this service; message deleted and
+    /// nothing applied.
+    Duplicate,
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and applies pending
+    /// migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StoreError::Unavailable(format!(
+                    "failed to create folder {}: {error}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let connection = Connection::open(&path).map_err(|error| {
+            StoreError::Unavailable(format!("failed to open store {}: {error}", path.display()))
+        })?;
+        // WAL with synchronous=NORMAL: a commit survives a process crash; the
+        // last commits before a power loss may be rolled back.
+        connection
+            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
+            .map_err(unavailable)?;
+        let store = SqliteStore {
+            path,
+            connection: Mutex::new(connection),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies migrations not yet recorded; returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
+        )
+        .map_err(unavailable)?;
+        let mut applied = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM migrations WHERE version = ?1",
+                    [version],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if done.is_some() {
+                continue;
+            }
+            tx.execute_batch(sql).map_err(|error| {
+                StoreError::Unavailable(format!("migration {version} ({name}) failed: {error}"))
+            })?;
+            tx.execute(
+                "INSERT INTO migrations (version, name, applied_ms) VALUES (?1, ?2, ?3)",
+                params![version, name, now_ms()],
+            )
+            .map_err(unavailable)?;
+            applied.push(*version);
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(applied)
+    }
+
+    /// Migration versions recorded in the store.
+    pub fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare("SELECT version FROM migrations ORDER BY version")
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    /// Enqueues `body` on each of `queues` in one transaction.
+    pub fn send(&self, queues: &[&str], message_id: &str, body: &str) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        enqueue(&tx, queues, message_id, body, now_ms())?;
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Enqueues many messages in one transaction: each is (queues, id, body).
+    pub fn send_many(&self, messages: &[(Vec<&str>, String, String)]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        for (queues, id, body) in messages {
+            enqueue(&tx, queues, id, body, now)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Receives up to `settings.batch_size` visible messages of `queue` and
+    /// hides them for the visibility timeout, incrementing their receive
+    /// counts.
+    pub fn receive(
+        &self,
+        queue: &str,
+        settings: &QueueSettings,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        let mut messages = Vec::new();
+        {
+            let mut select = tx
+                .prepare_cached(
+                    "SELECT seq, message_id, body, receive_count FROM queue_messages
+                     WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY visible_ms, seq LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = select
+                .query_map(params![queue, now, settings.batch_size], |row| {
+                    Ok(ReceivedMessage {
+                        seq: row.get(0)?,
+                        message_id: row.get(1)?,
+                        body: row.get(2)?,
+                        receive_count: row.get::<_, u32>(3)? + 1,
+                    })
+                })
+                .map_err(unavailable)?;
+            for row in rows {
+                messages.push(row.map_err(unavailable)?);
+            }
+            let mut hide = tx
+                .prepare_cached("UPDATE queue_messages SET visible_ms = ?1, receive_count = receive_count + 1 WHERE seq = ?2")
+                .map_err(unavailable)?;
+            for message in &messages {
+                hide.execute(params![
+                    now + settings.visibility_timeout_ms as i64,
+                    message.seq
+                ])
+                .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(messages)
+    }
+
+    /// Whether `service` has completed the event `event_id`.
+    pub fn is_complete(&self, service: &str, event_id: &str) -> Result<bool, StoreError> {
+        let connection = self.lock();
+        let found: Option<i64> = connection
+            .query_row(
+                "SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2 AND status = 'complete'",
+                params![service, event_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
+    /// Deletes a handled message.
+    pub fn delete(&self, seq: i64) -> Result<(), StoreError> {
+        let connection = self.lock();
+        connection
+            .execute("DELETE FROM queue_messages WHERE seq = ?1", [seq])
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Commits a handled event in one transaction: the conditional writes,
+    /// the completed idempotency record with its outputs, the outputs on
+    /// their subscribers' queues, and the deletion of the message.
+    pub fn commit(
+        &self,
+        service: &str,
+        message_seq: i64,
+        event_id: &str,
+        writes: &[StateWrite],
+        outputs: &[(Vec<&str>, String, String)],
+    ) -> Result<CommitResult, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        let done: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2",
+                params![service, event_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        if done.is_some() {
+            tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message_seq])
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            return Ok(CommitResult::Duplicate);
+        }
+        for write in writes {
+            apply_write(&tx, write, now)?;
+        }
+        let output_bodies: Vec<Value> = outputs
+            .iter()
+            .map(|(_, _, body)| serde_json::from_str(body).unwrap_or(Value::Null))
+            .collect();
+        tx.execute(
+            "INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4)",
+            params![service, event_id, Value::Array(output_bodies).to_string(), now],
+        )
+        .map_err(unavailable)?;
+        for (queues, id, body) in outputs {
+            enqueue(&tx, queues, id, body, now)?;
+        }
+        tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message_seq])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(CommitResult::Committed)
+    }
+
+    /// Records a failed receive. A permanent failure, or a retryable one on
+    /// the last allowed receive, moves the message to the dead-letter queue
+    /// with the reason; otherwise it becomes visible again after
+    /// `retry_after_ms`. Returns whether it was dead-lettered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fail(
+        &self,
+        queue: &str,
+        message: &ReceivedMessage,
+        permanent: bool,
+        code: &str,
+        error: &str,
+        settings: &QueueSettings,
+        retry_after_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        let dead = permanent || message.receive_count >= settings.max_receive_count;
+        if dead {
+            let sent_ms: i64 = tx
+                .query_row(
+                    "SELECT sent_ms FROM queue_messages WHERE seq = ?1",
+                    [message.seq],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(now);
+            let kind = if permanent {
+                "permanent"
+            } else {
+                "retries_exhausted"
+            };
+            tx.execute(
+                "INSERT INTO dead_letters (queue, message_id, body, error_kind, error_code, error_message, receive_count, sent_ms, failed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![queue, message.message_id, message.body, kind, code, error, message.receive_count, sent_ms, now],
+            )
+            .map_err(unavailable)?;
+            tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message.seq])
+                .map_err(unavailable)?;
+        } else {
+            tx.execute(
+                "UPDATE queue_messages SET visible_ms = ?1, last_error = ?2 WHERE seq = ?3",
+                params![
+                    now + retry_after_ms as i64,
+                    format!("{code}: {error}"),
+                    message.seq
+                ],
+            )
+            .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(dead)
+    }
+
+    /// Moves a message straight to the dead-letter queue, as a permanent
+    /// failure found before any handler ran (an unparseable body, say).
+    pub fn dead_letter(
+        &self,
+        queue: &str,
+        message: &ReceivedMessage,
+        code: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.fail(
+            queue,
+            message,
+            true,
+            code,
+            error,
+            &QueueSettings::default(),
+            0,
+        )
+        .map(|_| ())
+    }
+
+    /// Messages in `queue`: (visible now, in flight).
+    pub fn queue_depth(&self, queue: &str) -> Result<(u64, u64), StoreError> {
+        let connection = self.lock();
+        let now = now_ms();
+        connection
+            .query_row(
+                "SELECT COALESCE(SUM(visible_ms <= ?2), 0), COALESCE(SUM(visible_ms > ?2), 0) FROM queue_messages WHERE queue = ?1",
+                params![queue, now],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(unavailable)
+    }
+
+    /// The earliest time at which a hidden message of one of `queues`
+    /// becomes visible again, if any is hidden.
+    pub fn next_visible_ms(&self, queues: &[&str]) -> Result<Option<i64>, StoreError> {
+        let connection = self.lock();
+        let mut earliest: Option<i64> = None;
+        for queue in queues {
+            let next: Option<i64> = connection
+                .query_row(
+                    "SELECT MIN(visible_ms) FROM queue_messages WHERE queue = ?1",
+                    [queue],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            earliest = match (earliest, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest)
+    }
+
+    /// Every queue name with messages or dead letters, sorted.
+    pub fn queue_names(&self) -> Result<Vec<String>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare(
+                "SELECT queue FROM queue_messages UNION SELECT queue FROM dead_letters ORDER BY 1",
+            )
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    /// Dead letters, oldest first, of one queue or of all.
+    pub fn dead_letters(&self, queue: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare(
+                "SELECT seq, queue, message_id, body, error_kind, error_code, error_message, receive_count, failed_ms
+                 FROM dead_letters WHERE ?1 IS NULL OR queue = ?1 ORDER BY seq",
+            )
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map([queue], |row| {
+                Ok(DeadLetter {
+                    seq: row.get(0)?,
+                    queue: row.get(1)?,
+                    message_id: row.get(2)?,
+                    body: row.get(3)?,
+                    error_kind: row.get(4)?,
+                    error_code: row.get(5)?,
+                    error_message: row.get(6)?,
+                    receive_count: row.get(7)?,
+                    failed_ms: row.get(8)?,
+                })
+            })
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
+    }
+
+    /// Moves up to `max` dead letters (all when `None`), oldest first, back to
+    /// their source queues with a fresh receive count. Returns how many moved.
+    pub fn replay_dead_letters(
+        &self,
+        queue: Option<&str>,
+        max: Option<usize>,
+    ) -> Result<usize, StoreError> {
+        let letters = self.dead_letters(queue)?;
+        let take = max.unwrap_or(letters.len()).min(letters.len());
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        for letter in &letters[..take] {
+            enqueue(
+                &tx,
+                &[letter.queue.as_str()],
+                &letter.message_id,
+                &letter.body,
+                now,
+            )?;
+            tx.execute("DELETE FROM dead_letters WHERE seq = ?1", [letter.seq])
+                .map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(take)
+    }
+
+    /// Count of dead letters.
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        let connection = self.lock();
+        connection
+            .query_row("SELECT COUNT(*) FROM dead_letters", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(unavailable)
+    }
+
+    /// Applies writes outside any event, for administrative commands and test
+    /// set-up. Services never call this: their writes go through `commit`.
+    pub fn write_direct(&self, writes: &[StateWrite]) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(unavailable)?;
+        let now = now_ms();
+        for write in writes {
+            apply_write(&tx, write, now)?;
+        }
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Runs `SELECT 1` to check the file is readable.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let connection = self.lock();
+        connection
+            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+fn enqueue(
+    tx: &Transaction<'_>,
+    queues: &[&str],
+    message_id: &str,
+    body: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO queue_messages (queue, message_id, body, sent_ms, visible_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+        )
+        .map_err(unavailable)?;
+    for queue in queues {
+        insert
+            .execute(params![queue, message_id, body, now])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn apply_write(tx: &Transaction<'_>, write: &StateWrite, now: i64) -> Result<(), StoreError> {
+    let found: Option<u64> = tx
+        .query_row(
+            "SELECT version FROM kv WHERE key = ?1",
+            [&write.key],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let allowed = match write.expected {
+        Expected::Any => true,
+        Expected::Absent => found.is_none(),
+        Expected::Version(version) => found == Some(version),
+    };
+    if !allowed {
+        return Err(StoreError::Conflict {
+            key: write.key.clone(),
+            expected: write.expected,
+            found,
+        });
+    }
+    match &write.value {
+        Some(value) => {
+            tx.execute(
+                "INSERT INTO kv (key, value, version, updated_ms) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, updated_ms = excluded.updated_ms",
+                params![write.key, value.to_string(), now],
+            )
+            .map_err(unavailable)?;
+        }
+        None => {
+            tx.execute("DELETE FROM kv WHERE key = ?1", [&write.key])
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_row(key: &str, text: &str, version: u64) -> Result<Versioned, StoreError> {
+    let value = serde_json::from_str(text).map_err(|error| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: error.to_string(),
+    })?;
+    Ok(Versioned { value, version })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let row: Option<(String, u64)> = {
+            let connection = self.lock();
+            connection
+                .query_row(
+                    "SELECT value, version FROM kv WHERE key = ?1",
+                    [key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?
+        };
+        row.map(|(text, version)| parse_row(key, &text, version))
+            .transpose()
+    }
+
+    async fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let rows: Vec<(String, String, u64)> = {
+            let connection = self.lock();
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT key, value, version FROM kv WHERE key >= ?1 AND key > ?2 AND substr(key, 1, length(?1)) = ?1
+                     ORDER BY key LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = statement
+                .query_map(
+                    params![prefix, start_after.unwrap_or(""), limit as i64],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)?
+        };
+        rows.into_iter()
+            .map(|(key, text, version)| {
+                let parsed = parse_row(&key, &text, version)?;
+                Ok((key, parsed))
+            })
+            .collect()
+    }
+}
