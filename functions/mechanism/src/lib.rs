@@ -1,1 +1,227 @@
-//! placeholder
+//! The mechanism service: each loan's ledger.
+//!
+//! `loan.disbursed` builds the repayment schedule; `repayment.received` and
+//! `repayment.reversed` update the payments, backdated ones included. The
+//! ledger keeps every payment with its value date, so any position is
+//! recomputed from the whole history and a late or backdated event never
+//! leaves a stale balance.
+
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use underwrite_domain::{DueDayRule, LoanLedger, ProductCatalog, Schedule};
+use underwrite_events::payloads::{LoanDisbursed, RepaymentReceived, RepaymentReversed};
+use underwrite_events::{Envelope, EventPayload};
+use underwrite_runtime::service::read_state;
+use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite};
+
+/// Key prefix of loan records.
+pub const LOAN_PREFIX: &str = "loan/";
+
+/// The store key of a loan's record.
+pub fn loan_key(loan_id: &str) -> String {
+    format!("{LOAN_PREFIX}{loan_id}")
+}
+
+/// A loan as the mechanism service keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoanRecord {
+    /// The disbursal terms as received.
+    pub terms: LoanDisbursed,
+    /// The due-day rule the schedule was built with.
+    pub due_day_rule: DueDayRule,
+    /// Schedule and payments.
+    pub ledger: LoanLedger,
+}
+
+/// The mechanism service.
+pub struct Mechanism {
+    products: ProductCatalog,
+}
+
+impl Mechanism {
+    /// A mechanism service with these product settings.
+    pub fn new(products: ProductCatalog) -> Self {
+        Mechanism { products }
+    }
+}
+
+/// The error for an event about a loan not yet disbursed. Retryable, because
+/// the disbursal may still be on its way; after the queue's receive limit it
+/// lands in the dead-letter queue with this message.
+pub fn loan_not_found(loan_id: &str, event_type: &str) -> HandlerError {
+    HandlerError::retryable(
+        "loan_not_found",
+        format!(
+            "loan {loan_id} not found for {event_type}: no loan.disbursed has been handled for it; send the disbursal first or check the loan_id"
+        ),
+    )
+}
+
+fn record_repayment(
+    record: &mut LoanRecord,
+    repayment: &RepaymentReceived,
+) -> Result<bool, HandlerError> {
+    let ledger = &mut record.ledger;
+    if let Some(existing) = ledger
+        .payments
+        .iter()
+        .find(|p| p.payment_id == repayment.payment_id.as_str())
+    {
+        if existing.amount == repayment.amount && existing.value_date == repayment.value_date {
+            return Ok(false);
+        }
+        return Err(HandlerError::permanent(
+            "payment_conflict",
+            format!(
+                "payment {} of loan {} was already recorded as {} valued {}; a correction needs a reversal and a new payment_id",
+                repayment.payment_id, repayment.loan_id, existing.amount, existing.value_date
+            ),
+        ));
+    }
+    Ok(ledger.add_payment(
+        repayment.payment_id.as_str(),
+        repayment.value_date,
+        repayment.amount,
+    ))
+}
+
+fn record_reversal(
+    record: &mut LoanRecord,
+    reversal: &RepaymentReversed,
+) -> Result<bool, HandlerError> {
+    let ledger = &mut record.ledger;
+    match ledger
+        .payments
+        .iter()
+        .find(|p| p.payment_id == reversal.payment_id.as_str())
+    {
+        None => Err(HandlerError::retryable(
+            "payment_not_found",
+            format!(
+                "payment {} of loan {} not found for repayment.reversed: send the repayment first or check the payment_id",
+                reversal.payment_id, reversal.loan_id
+            ),
+        )),
+        Some(payment) if payment.reversed_on.is_some() => Ok(false),
+        Some(_) => Ok(ledger
+            .reverse_payment(reversal.payment_id.as_str(), reversal.reversed_on)
+            .is_some()),
+    }
+}
+
+/// Applies a repayment or reversal to a loan record: shared by the
+/// mechanism and npa services so both ledgers agree.
+pub fn apply_to_record(
+    record: &mut LoanRecord,
+    payload: &EventPayload,
+) -> Result<bool, HandlerError> {
+    match payload {
+        EventPayload::RepaymentReceived(repayment) => record_repayment(record, repayment),
+        EventPayload::RepaymentReversed(reversal) => record_reversal(record, reversal),
+        _ => Ok(false),
+    }
+}
+
+/// Builds a loan record from its disbursal, or returns `None` if an
+/// identical record exists. Shared by the mechanism and npa services so
+/// both build the same schedule.
+pub fn disburse(
+    products: &ProductCatalog,
+    terms: &LoanDisbursed,
+    existing: Option<LoanRecord>,
+) -> Result<Option<LoanRecord>, HandlerError> {
+    if let Some(existing) = existing {
+        if &existing.terms == terms {
+            return Ok(None);
+        }
+        return Err(HandlerError::permanent(
+            "loan_conflict",
+            format!(
+                "loan {} was already disbursed with different terms; send a new loan_id for a new loan",
+                terms.loan_id
+            ),
+        ));
+    }
+    let rule = products.settings(&terms.product).due_day_rule;
+    let schedule = Schedule::build(
+        terms.principal,
+        terms.annual_rate,
+        terms.tenor_months,
+        terms.first_due_date,
+        rule,
+    )
+    .map_err(|error| {
+        HandlerError::permanent(
+            "invalid_schedule",
+            format!("loan {}: {error}", terms.loan_id),
+        )
+    })?;
+    Ok(Some(LoanRecord {
+        terms: terms.clone(),
+        due_day_rule: rule,
+        ledger: LoanLedger::new(schedule),
+    }))
+}
+
+fn invalid(event: &Envelope, error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
+}
+
+#[async_trait]
+impl Service for Mechanism {
+    fn name(&self) -> &'static str {
+        "mechanism"
+    }
+
+    fn subscriptions(&self) -> &'static [&'static str] {
+        &["loan.disbursed", "repayment.received", "repayment.reversed"]
+    }
+
+    async fn handle(
+        &self,
+        event: &Envelope,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let payload = event.typed().map_err(|error| invalid(event, error))?;
+        let mut outcome = Outcome::default();
+        match &payload {
+            EventPayload::LoanDisbursed(terms) => {
+                let key = loan_key(terms.loan_id.as_str());
+                let (existing, read) = read_state::<LoanRecord>(context.store, &key).await?;
+                if let Some(record) = disburse(&self.products, terms, existing)? {
+                    outcome
+                        .writes
+                        .push(StateWrite::put(key, to_value(&record), &read));
+                }
+            }
+            EventPayload::RepaymentReceived(RepaymentReceived { loan_id, .. })
+            | EventPayload::RepaymentReversed(RepaymentReversed { loan_id, .. }) => {
+                let key = loan_key(loan_id.as_str());
+                let (existing, read) = read_state::<LoanRecord>(context.store, &key).await?;
+                let mut record =
+                    existing.ok_or_else(|| loan_not_found(loan_id.as_str(), &event.event_type))?;
+                if apply_to_record(&mut record, &payload)? {
+                    outcome
+                        .writes
+                        .push(StateWrite::put(key, to_value(&record), &read));
+                }
+            }
+            _ => {
+                return Err(HandlerError::permanent(
+                    "unsubscribed_type",
+                    format!(
+                        "mechanism does not handle {}; check the routing",
+                        event.event_type
+                    ),
+                ));
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("state types serialise to JSON")
+}

@@ -10,6 +10,7 @@ pub mod classification;
 pub mod date;
 pub mod ledger;
 pub mod money;
+pub mod product;
 pub mod provisioning;
 pub mod rate;
 pub mod schedule;
@@ -20,6 +21,7 @@ pub use classification::{
 pub use date::BusinessDate;
 pub use ledger::{LoanLedger, Payment, Position};
 pub use money::Paise;
+pub use product::{ProductCatalog, ProductSettings};
 pub use provisioning::{Provision, ProvisioningPolicy, ProvisioningRegime};
 pub use rate::AnnualRate;
 pub use schedule::{DueDayRule, Instalment, Schedule};
