@@ -1,1 +1,158 @@
-fn main() {}
+//! `underwrite`: run the servicing services on the embedded runtime, inspect
+//! queues and dead letters, run day-end and reports, and verify the audit
+//! ledger.
+
+mod bench;
+mod commands;
+mod config;
+mod dayend;
+mod example;
+mod input;
+mod services;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "underwrite",
+    version,
+    about = "Loan servicing and RBI asset classification for Indian digital lenders, on one machine."
+)]
+struct Cli {
+    /// Config file; by default ./underwrite.json if present, else built-in defaults.
+    #[arg(long, global = true, env = "UNDERWRITE_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// SQLite store file; overrides `store_path` from the config.
+    #[arg(long, global = true, env = "UNDERWRITE_DB")]
+    db: Option<PathBuf>,
+
+    /// Lake folder of Parquet partitions; overrides `lake_path` from the config.
+    #[arg(long, global = true, env = "UNDERWRITE_LAKE")]
+    lake: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a default underwrite.json (every key is described in docs/configuration.md).
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "underwrite.json")]
+        path: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the services, the event types each subscribes to, and their queue depths.
+    List,
+    /// Apply pending schema migrations to the store.
+    Migrate,
+    /// Run services on the embedded runtime.
+    Run(commands::RunArgs),
+    /// List dead letters, or move them back to their queues.
+    Dlq(commands::DlqArgs),
+    /// Check the store, queue depths and dead letters.
+    Health,
+    /// Run the day-end job (DPD, class and provision of every loan) for a date or a range.
+    DayEnd(dayend::DayEndArgs),
+    /// Build a report.
+    Report {
+        #[command(subcommand)]
+        report: ReportCommand,
+    },
+    /// Work with the audit ledger.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+    /// Run a bundled example end to end.
+    Example {
+        #[command(subcommand)]
+        example: ExampleCommand,
+    },
+    /// Measure throughput and day-end speed; prints ratios measured in this run.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// NPA classification report: one row per loan and a summary by asset class.
+    Npa(dayend::ReportArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and name the first broken entry.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum ExampleCommand {
+    /// Real applicants (German credit data) → loans and repayments → services → day-end → NPA report.
+    GermanCredit(example::GermanCreditArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERWRITE_LOG_LEVEL")
+        .unwrap_or_else(|_| "warn".into());
+    let json_logs = std::env::var("UNDERWRITE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Init { path, force } = &cli.command {
+        return commands::init(path, *force);
+    }
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(db) = cli.db {
+        config.store_path = db;
+    }
+    if let Some(lake) = cli.lake {
+        config.lake_path = lake;
+    }
+    match cli.command {
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::List => commands::list(&config),
+        Command::Migrate => commands::migrate(&config),
+        Command::Run(args) => commands::run(&config, args).await,
+        Command::Dlq(args) => commands::dlq(&config, args),
+        Command::Health => commands::health(&config),
+        Command::DayEnd(args) => dayend::day_end(&config, args).await,
+        Command::Report {
+            report: ReportCommand::Npa(args),
+        } => dayend::report_npa(&config, args).await,
+        Command::Audit {
+            action: AuditCommand::Verify,
+        } => commands::audit_verify(&config).await,
+        Command::Example {
+            example: ExampleCommand::GermanCredit(args),
+        } => example::german_credit(&config, args).await,
+        Command::Bench(args) => bench::bench(&config, args).await,
+    }
+}

@@ -122,6 +122,16 @@ impl EmbeddedRuntime {
         self.store.send_many(&messages)
     }
 
+    /// Publishes events and applies `writes` in one transaction.
+    pub fn publish_with(
+        &self,
+        events: &[Envelope],
+        writes: &[crate::store::StateWrite],
+    ) -> Result<(), StoreError> {
+        let messages = self.route_all(events);
+        self.store.send_many_with_writes(&messages, writes)
+    }
+
     fn route_all(&self, events: &[Envelope]) -> Vec<(Vec<&'static str>, String, String)> {
         events
             .iter()

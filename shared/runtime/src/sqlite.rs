@@ -144,9 +144,22 @@ impl SqliteStore {
 
     /// Enqueues many messages in one transaction: each is (queues, id, body).
     pub fn send_many(&self, messages: &[(Vec<&str>, String, String)]) -> Result<(), StoreError> {
+        self.send_many_with_writes(messages, &[])
+    }
+
+    /// Enqueues many messages and applies state writes in one transaction,
+    /// so that a marker of what was published commits with the messages.
+    pub fn send_many_with_writes(
+        &self,
+        messages: &[(Vec<&str>, String, String)],
+        writes: &[StateWrite],
+    ) -> Result<(), StoreError> {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(unavailable)?;
         let now = now_ms();
+        for write in writes {
+            apply_write(&tx, write, now)?;
+        }
         for (queues, id, body) in messages {
             enqueue(&tx, queues, id, body, now)?;
         }

@@ -1,0 +1,123 @@
+//! `underwrite bench`: throughput of the embedded runtime against raw SQLite,
+//! and day-end speed, measured in one run.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use rusqlite::{Connection, params};
+use underwrite_jobs::german_credit::{ConversionOptions, convert};
+use underwrite_runtime::{EmbeddedRuntime, RunOptions, SqliteStore};
+
+use crate::config::Config;
+
+/// Arguments of `underwrite bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Input events pushed through the services (the first N of the German credit example).
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Loans in the generated day-end book.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub loans: usize,
+    /// The applicants CSV.
+    #[arg(long, default_value = "examples/german_credit/german_credit.csv")]
+    pub csv: std::path::PathBuf,
+}
+
+/// Enqueues then dequeues each body with one committed transaction each, with
+/// the embedded store's pragmas: the floor any durable queue pays.
+fn raw_sqlite(path: &Path, bodies: &[String]) -> anyhow::Result<f64> {
+    let connection = Connection::open(path)?;
+    connection.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+         CREATE TABLE q (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
+    )?;
+    let started = Instant::now();
+    for body in bodies {
+        connection.execute("INSERT INTO q (body) VALUES (?1)", [body])?;
+    }
+    loop {
+        let row: Option<(i64, String)> = connection
+            .query_row("SELECT seq, body FROM q ORDER BY seq LIMIT 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .ok();
+        let Some((seq, _body)) = row else { break };
+        connection.execute("DELETE FROM q WHERE seq = ?1", params![seq])?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let csv = std::fs::read_to_string(&args.csv)
+        .with_context(|| format!("Failed to read {}", args.csv.display()))?;
+    let conversion = convert(&csv, &ConversionOptions::default())?;
+    let lines: Vec<String> = conversion.lines.into_iter().take(args.events).collect();
+    let events: Vec<_> = lines
+        .iter()
+        .map(|line| underwrite_events::parse_input_line(line))
+        .collect::<Result<_, _>>()?;
+    let dir = tempfile::tempdir()?;
+    println!(
+        "machine: {} logical CPUs; build: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        build_profile()
+    );
+
+    // Services: publish, then run until every queue is empty.
+    let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("pipeline.db"))?);
+    let runtime = EmbeddedRuntime::new(store, crate::services::all(config), config.queues);
+    eprintln!(
+        "bench: pushing {} events through mechanism, npa and audit...",
+        events.len()
+    );
+    let started = Instant::now();
+    runtime.publish(&events)?;
+    let totals = runtime.run(&RunOptions::default(), &mut |_| {}).await?;
+    let pipeline_seconds = started.elapsed().as_secs_f64();
+    let pipeline_rate = events.len() as f64 / pipeline_seconds;
+    println!(
+        "services:   {} input events ({} records handled, {} emitted) in {pipeline_seconds:.2} s = {pipeline_rate:.0} events/s",
+        events.len(),
+        totals.handled,
+        totals.emitted
+    );
+
+    eprintln!("bench: raw SQLite enqueue+dequeue of the same bytes...");
+    let raw_seconds = raw_sqlite(&dir.path().join("raw.db"), &lines)?;
+    let raw_rate = lines.len() as f64 / raw_seconds;
+    println!(
+        "raw SQLite: {} durable enqueue+dequeue in {raw_seconds:.2} s = {raw_rate:.0} events/s",
+        lines.len()
+    );
+    let ratio = pipeline_rate / raw_rate;
+    let verdict = if ratio >= 0.25 { "meets" } else { "MISSES" };
+    println!("ratio:      {ratio:.3} (services / raw); {verdict} the target of >= 0.25");
+
+    if args.loans > 0 {
+        eprintln!(
+            "bench: day-end over a generated book of {} loans...",
+            args.loans
+        );
+        let (seconds, peak) =
+            tokio::task::block_in_place(|| underwrite_jobs::day_end::bench_day_end(args.loans))?;
+        let verdict = if seconds <= 10.0 { "meets" } else { "MISSES" };
+        println!(
+            "day-end:    {} loans in {seconds:.2} s, peak memory {:.0} MiB; {verdict} the target of <= 10 s",
+            args.loans,
+            peak as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug (use --release for figures worth recording)"
+    } else {
+        "release"
+    }
+}

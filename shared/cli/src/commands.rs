@@ -1,0 +1,366 @@
+//! Runtime commands: init, list, migrate, run, dlq, health, audit verify.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use underwrite_runtime::{
+    EmbeddedRuntime, Expected, Progress, RunOptions, SqliteStore, StateWrite, Store,
+};
+
+use crate::config::Config;
+
+/// Opens the store named by the config.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
+    let store = SqliteStore::open(&config.store_path)
+        .with_context(|| format!("Failed to open store {}", config.store_path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The runtime over the configured store with every service registered.
+pub fn open_runtime(config: &Config) -> anyhow::Result<EmbeddedRuntime> {
+    Ok(EmbeddedRuntime::new(
+        open_store(config)?,
+        crate::services::all(config),
+        config.queues,
+    ))
+}
+
+pub fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        );
+    }
+    let text = serde_json::to_string_pretty(&Config::default()).expect("config serialises");
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("Failed to write {}", path.display()))?;
+    println!(
+        "Wrote {}. Every key is described in docs/configuration.md.",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = open_runtime(config)?;
+    println!(
+        "{:<10} {:>8} {:>9}  subscribes to",
+        "service", "queued", "in flight"
+    );
+    for service in runtime.services() {
+        let (visible, hidden) = runtime.store().queue_depth(service.name())?;
+        println!(
+            "{:<10} {visible:>8} {hidden:>9}  {}",
+            service.name(),
+            service.subscriptions().join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    // Opening applies pending migrations.
+    let store = open_store(config)?;
+    let applied = store.applied_migrations()?;
+    println!(
+        "Store {} is at schema version {}.",
+        config.store_path.display(),
+        applied.last().copied().unwrap_or(0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `underwrite run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Services to run; by default those listed under `services` in the config.
+    pub services: Vec<String>,
+    /// JSONL file of input events to publish before running, one event per line.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Stop once every queue of the services run is empty (retries included) instead of polling for more.
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Publish the valid lines of --input even when some lines are invalid; the invalid ones are written to FILE.rejected.jsonl.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Publish --input again even if the same file (by SHA-256) was published before.
+    #[arg(long)]
+    pub republish: bool,
+}
+
+/// Publishes an input file unless it was published before; returns how many
+/// events were published. Invalid lines stop the publication unless
+/// `skip_invalid`, in which case they are written beside the file.
+pub fn publish_input(
+    runtime: &EmbeddedRuntime,
+    path: &Path,
+    skip_invalid: bool,
+    republish: bool,
+) -> anyhow::Result<usize> {
+    let file = crate::input::read(path)?;
+    if !file.rejected.is_empty() {
+        for rejected in file.rejected.iter().take(20) {
+            eprintln!("{}:{}: {}", path.display(), rejected.line, rejected.reason);
+        }
+        if file.rejected.len() > 20 {
+            eprintln!("... and {} more invalid lines", file.rejected.len() - 20);
+        }
+        if !skip_invalid {
+            bail!(
+                "{} of {} lines in {} are invalid; nothing was published. Fix them, or pass --skip-invalid to publish the valid lines",
+                file.rejected.len(),
+                file.rejected.len() + file.events.len(),
+                path.display()
+            );
+        }
+        let rejected_path = PathBuf::from(format!("{}.rejected.jsonl", path.display()));
+        let text: String = file
+            .rejected
+            .iter()
+            .map(|r| format!("{}\n", r.text))
+            .collect();
+        std::fs::write(&rejected_path, text)
+            .with_context(|| format!("Failed to write {}", rejected_path.display()))?;
+        eprintln!(
+            "Wrote {} invalid lines to {}.",
+            file.rejected.len(),
+            rejected_path.display()
+        );
+    }
+    let marker_key = format!("input/{}", file.digest);
+    let store: &dyn Store = runtime.store().as_ref();
+    let marker = futures_lite_block(store.get(&marker_key))?;
+    if marker.is_some() && !republish {
+        eprintln!(
+            "{} was already published (SHA-256 {}); skipping it. Pass --republish to publish it again.",
+            path.display(),
+            &file.digest[..12]
+        );
+        return Ok(0);
+    }
+    let record = serde_json::json!({
+        "path": path.display().to_string(),
+        "events": file.events.len(),
+        "rejected": file.rejected.len(),
+    });
+    let write = StateWrite {
+        key: marker_key,
+        value: Some(record),
+        expected: Expected::Any,
+    };
+    runtime.publish_with(&file.events, &[write])?;
+    Ok(file.events.len())
+}
+
+fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+/// A progress bar on a terminal, or nothing when stderr is not one.
+pub fn progress_bar(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("template is valid"),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn describe(progress: &Progress) -> String {
+    format!(
+        "handled {}, emitted {}, duplicates dropped {}, retries {}, dead-lettered {}, queued {}",
+        progress.handled,
+        progress.emitted,
+        progress.duplicates,
+        progress.retried,
+        progress.dead_lettered,
+        progress.queued
+    )
+}
+
+/// Runs services until idle (or until stopped), showing progress.
+pub async fn run_services(
+    runtime: &EmbeddedRuntime,
+    services: Vec<String>,
+    until_idle: bool,
+) -> anyhow::Result<Progress> {
+    let options = RunOptions {
+        services,
+        until_idle,
+        ..RunOptions::default()
+    };
+    let stop = options.stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let bar = progress_bar("starting");
+    let mut last_line = std::time::Instant::now();
+    let interactive = console_is_terminal();
+    let totals = runtime
+        .run(&options, &mut |progress| {
+            bar.set_message(describe(progress));
+            if !interactive && last_line.elapsed() >= Duration::from_secs(5) {
+                eprintln!("{}", describe(progress));
+                last_line = std::time::Instant::now();
+            }
+        })
+        .await?;
+    bar.finish_and_clear();
+    Ok(totals)
+}
+
+fn console_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = open_runtime(config)?;
+    if let Some(path) = &args.input {
+        let count = tokio::task::block_in_place(|| {
+            publish_input(&runtime, path, args.skip_invalid, args.republish)
+        })?;
+        eprintln!("Published {count} events from {}.", path.display());
+    }
+    let services = if args.services.is_empty() {
+        config.services.clone()
+    } else {
+        args.services
+    };
+    let totals = run_services(&runtime, services, args.until_idle).await?;
+    println!("{}", describe(&totals));
+    if totals.dead_lettered > 0 {
+        eprintln!(
+            "{} events went to the dead-letter queue; list them with `underwrite dlq`.",
+            totals.dead_lettered
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `underwrite dlq`.
+#[derive(Args)]
+pub struct DlqArgs {
+    /// Move dead letters back to their source queues (all, or --max).
+    #[arg(long)]
+    pub replay: bool,
+    /// With --replay, move at most this many, oldest first.
+    #[arg(long, value_name = "N", requires = "replay")]
+    pub max: Option<usize>,
+    /// Only this queue (service).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Print the dead letters as JSON lines, bodies included.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    if args.replay {
+        let moved = store.replay_dead_letters(args.queue.as_deref(), args.max)?;
+        println!(
+            "Moved {moved} dead letters back to their queues; run `underwrite run --until-idle` to handle them."
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let letters = store.dead_letters(args.queue.as_deref())?;
+    if args.json {
+        for letter in &letters {
+            println!(
+                "{}",
+                serde_json::to_string(letter).expect("dead letter serialises")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() {
+        println!("No dead letters.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>5}  {:<10} {:<40} {:<18} {:<18} {:>8}  reason",
+        "seq", "queue", "event id", "kind", "code", "receives"
+    );
+    for letter in &letters {
+        println!(
+            "{:>5}  {:<10} {:<40} {:<18} {:<18} {:>8}  {}",
+            letter.seq,
+            letter.queue,
+            letter.message_id,
+            letter.error_kind,
+            letter.error_code,
+            letter.receive_count,
+            letter.error_message
+        );
+    }
+    println!(
+        "{} dead letters. Replay with `underwrite dlq --replay [--max N]`.",
+        letters.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn health(config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = match open_runtime(config) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            println!("store    FAILED  {error:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let store = runtime.store();
+    match store.ping() {
+        Ok(()) => println!(
+            "store    ok      {} (schema version {})",
+            store.path().display(),
+            store.applied_migrations()?.last().copied().unwrap_or(0)
+        ),
+        Err(error) => {
+            println!("store    FAILED  {error}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    for service in runtime.services() {
+        let (visible, hidden) = store.queue_depth(service.name())?;
+        println!(
+            "queue    ok      {:<10} {visible} queued, {hidden} in flight",
+            service.name()
+        );
+    }
+    let dead = store.dead_letter_count()?;
+    let status = if dead == 0 { "ok     " } else { "WARNING" };
+    println!("dlq      {status} {dead} dead letters");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit_verify(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let verification = underwrite_audit::verify(store.as_ref()).await?;
+    match verification.first_broken {
+        None => {
+            println!(
+                "Audit ledger intact: {} entries verified.",
+                verification.entries
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((seq, reason)) => {
+            println!("Audit ledger BROKEN at entry {seq}: {reason}");
+            println!("{} entries before it verified.", verification.entries);
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The services the embedded runtime can run.
+
+use std::sync::Arc;
+
+use underwrite_audit::Audit;
+use underwrite_mechanism::Mechanism;
+use underwrite_npa::Npa;
+use underwrite_runtime::Service;
+
+use crate::config::Config;
+
+/// Names of the services, in routing order.
+pub const NAMES: [&str; 3] = ["mechanism", "npa", "audit"];
+
+/// Every service, configured. All are registered so that every event is
+/// routed to each subscriber's queue, whichever services a run starts.
+pub fn all(config: &Config) -> Vec<Arc<dyn Service>> {
+    vec![
+        Arc::new(Mechanism::new(config.products.clone())),
+        Arc::new(Npa::new(config.classification, config.products.clone())),
+        Arc::new(Audit),
+    ]
+}
