@@ -43,10 +43,12 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
             args.csv.display()
         )
     })?;
+    let defaults = ConversionOptions::default();
     let options = ConversionOptions {
         seed: args.seed,
         as_of: args.as_of,
-        ..ConversionOptions::default()
+        last_disbursal: defaults.last_disbursal.min(args.as_of),
+        ..defaults
     };
     let conversion = convert(&csv, &options)?;
     let events_path = args.out.join("events.jsonl");

@@ -151,3 +151,35 @@ fn oversize_line_is_rejected() {
             .contains("exceeds the limit")
     );
 }
+
+#[test]
+fn events_doc_lists_every_type_and_field() {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/events.md"),
+    )
+    .unwrap();
+    for event_type in EventType::ALL {
+        let heading = format!("### `{}`", event_type.as_str());
+        let start = doc
+            .find(&heading)
+            .unwrap_or_else(|| panic!("docs/events.md lacks {heading}"));
+        let section_end = doc[start + heading.len()..]
+            .find("### ")
+            .map_or(doc.len(), |i| start + heading.len() + i);
+        let section = &doc[start..section_end];
+        let text = std::fs::read_to_string(fixture_path(event_type)).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in fixture["payload"].as_object().unwrap().keys() {
+            // npa.bucket.changed documents only its extra field; the rest are
+            // those of sma.classified.
+            let documented = section.contains(&format!("`{field}`"))
+                || (event_type == EventType::NpaBucketChanged
+                    && doc.contains(&format!("| `{field}` |")));
+            assert!(
+                documented,
+                "docs/events.md does not document {field} of {}",
+                event_type.as_str()
+            );
+        }
+    }
+}
