@@ -267,6 +267,9 @@ impl EmbeddedRuntime {
             receive_count = message.receive_count,
         );
         async {
+            // NOTE: the embedded runtime runs one consumer per queue, so no
+            // in-progress lease is taken before handling; a duplicate can only
+            // be a completed event. Concurrent consumers need the lease.
             if self.store.is_complete(queue, event.id.as_str())? {
                 debug!("Dropped a duplicate delivery of a completed event.");
                 self.store.delete(message.seq)?;
