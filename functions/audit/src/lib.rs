@@ -21,7 +21,7 @@ pub const ENTRY_PREFIX: &str = "audit/entry/";
 /// The previous hash of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The store key of entry `seq`; zero-padded so keys sort by sequence.
+/// Formats the store key of entry `seq`, zero-padded so keys sort by sequence.
 pub fn entry_key(seq: u64) -> String {
     format!("{ENTRY_PREFIX}{seq:012}")
 }
@@ -48,7 +48,7 @@ pub struct Entry {
     pub event: Envelope,
 }
 
-/// The hash of an entry holding `event` after `prev_hash`.
+/// Computes the hash of an entry holding `event` after `prev_hash`.
 pub fn chain_hash(prev_hash: &str, event: &Envelope) -> String {
     let digest = Sha256::new()
         .chain_update(prev_hash.as_bytes())

@@ -9,7 +9,7 @@
 //!   `npa.bucket.changed` or `npa.dlg.triggered`) as `original` when it falls
 //!   after the last date evaluated, or as a `correction` when a backdated
 //!   repayment or a reversal moved it into the past;
-//! - an announced change that no longer holds is withdrawn with a
+//! - an announced change that is no longer true is withdrawn with a
 //!   `retraction` naming the event it withdraws.
 //!
 //! Because the history is always re-derived from the whole ledger, events
@@ -67,7 +67,7 @@ pub struct Calendar {
     pub closed_through: BusinessDate,
 }
 
-/// Which borrower a loan belongs to.
+/// The borrower a loan belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoanIndex {
     /// The borrower.
@@ -120,7 +120,7 @@ impl BorrowerBook {
             .collect()
     }
 
-    /// Each loan's DPD per day from its disbursal to `through`.
+    /// Derives each loan's DPD per day from its disbursal to `through`.
     pub fn dpd_history(
         &self,
         policy: &ClassificationPolicy,
@@ -131,7 +131,7 @@ impl BorrowerBook {
         history
     }
 
-    /// Each loan's state at the end of `through`.
+    /// Derives each loan's state at the end of `through`.
     pub fn state_on(
         &self,
         policy: &ClassificationPolicy,
@@ -178,7 +178,7 @@ impl Effects<'_> {
 }
 
 impl Npa {
-    /// An npa service with this classification policy and product settings.
+    /// Creates an npa service with this classification policy and product settings.
     pub fn new(policy: ClassificationPolicy, products: ProductCatalog) -> Self {
         Npa { policy, products }
     }
@@ -532,7 +532,7 @@ pub async fn closed_through(store: &dyn Store) -> Result<Option<BusinessDate>, H
         .map(|c| c.closed_through))
 }
 
-/// Every borrower book, in borrower order.
+/// Loads every borrower book, in borrower order.
 pub async fn all_books(store: &dyn Store) -> Result<Vec<(String, BorrowerBook)>, HandlerError> {
     let mut books = Vec::new();
     let mut after: Option<String> = None;

@@ -24,7 +24,7 @@ pub struct Facility {
     pub loss_identified: bool,
 }
 
-/// What changed for a facility on a date.
+/// A change to a facility on a date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
@@ -59,8 +59,8 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// Whether two transitions describe the same change (the figures may
-    /// differ after a rewrite without the change itself differing).
+    /// Checks whether two transitions describe the same change. The figures
+    /// may differ after a rewrite while the change itself stays the same.
     pub fn same_change(&self, other: &Transition) -> bool {
         self.loan_id == other.loan_id && self.date == other.date && self.change == other.change
     }

@@ -22,7 +22,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     Ok(Arc::new(store))
 }
 
-/// The runtime over the configured store with every service registered.
+/// Opens the runtime over the configured store with every service registered.
 pub fn open_runtime(config: &Config) -> anyhow::Result<EmbeddedRuntime> {
     Ok(EmbeddedRuntime::new(
         open_store(config)?,
@@ -164,7 +164,7 @@ fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
-/// A progress bar on a terminal, or nothing when stderr is not one.
+/// Starts a spinner on stderr; indicatif draws nothing when stderr is not a terminal.
 pub fn progress_bar(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(

@@ -43,7 +43,7 @@ pub struct ReportArgs {
     pub out: PathBuf,
 }
 
-/// The job settings from the config.
+/// Builds the job settings from the config.
 pub fn job_policy(config: &Config) -> JobPolicy {
     JobPolicy {
         classification: config.classification,
@@ -51,7 +51,7 @@ pub fn job_policy(config: &Config) -> JobPolicy {
     }
 }
 
-/// Every loan record in the store, by loan id.
+/// Loads every loan record in the store, by loan id.
 pub async fn load_loans(store: &dyn Store) -> anyhow::Result<Vec<LoanRecord>> {
     let mut loans = Vec::new();
     let mut after: Option<String> = None;
@@ -152,7 +152,7 @@ pub fn run_range(
     Ok(days as usize)
 }
 
-/// The earliest disbursal date in the book.
+/// Finds the earliest disbursal date in the book.
 pub fn first_disbursal(loans: &[LoanRecord]) -> Option<BusinessDate> {
     loans.iter().map(|loan| loan.terms.disbursed_on).min()
 }

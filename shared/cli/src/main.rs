@@ -43,7 +43,7 @@ struct Cli {
 enum Command {
     /// Write a default underwrite.json (every key is described in docs/configuration.md).
     Init {
-        /// Where to write it.
+        /// Path of the file to write.
         #[arg(default_value = "underwrite.json")]
         path: PathBuf,
         /// Replace an existing file.

@@ -32,7 +32,7 @@ pub struct Progress {
     pub queued: u64,
 }
 
-/// How `run` behaves.
+/// Options of `run`.
 pub struct RunOptions {
     /// Services to run, by name; empty runs every registered service.
     pub services: Vec<String>,
@@ -80,7 +80,7 @@ pub struct EmbeddedRuntime {
 }
 
 impl EmbeddedRuntime {
-    /// A runtime over `store` with these services and queue settings.
+    /// Creates a runtime over `store` with these services and queue settings.
     pub fn new(
         store: Arc<SqliteStore>,
         services: Vec<Arc<dyn Service>>,
@@ -98,7 +98,7 @@ impl EmbeddedRuntime {
         &self.store
     }
 
-    /// The registered services.
+    /// Returns the registered services.
     pub fn services(&self) -> &[Arc<dyn Service>] {
         &self.services
     }

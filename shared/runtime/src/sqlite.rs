@@ -76,7 +76,7 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// The file's path.
+    /// Returns the file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -213,7 +213,7 @@ impl SqliteStore {
         Ok(messages)
     }
 
-    /// Whether `service` has completed the event `event_id`.
+    /// Checks whether `service` has completed the event `event_id`.
     pub fn is_complete(&self, service: &str, event_id: &str) -> Result<bool, StoreError> {
         let connection = self.lock();
         let found: Option<i64> = connection
@@ -376,8 +376,8 @@ impl SqliteStore {
             .map_err(unavailable)
     }
 
-    /// The earliest time at which a hidden message of one of `queues`
-    /// becomes visible again, if any is hidden.
+    /// Finds the earliest time at which a hidden message of one of
+    /// `queues` becomes visible again, if any is hidden.
     pub fn next_visible_ms(&self, queues: &[&str]) -> Result<Option<i64>, StoreError> {
         let connection = self.lock();
         let mut earliest: Option<i64> = None;
@@ -397,7 +397,7 @@ impl SqliteStore {
         Ok(earliest)
     }
 
-    /// Every queue name with messages or dead letters, sorted.
+    /// Lists every queue name with messages or dead letters, sorted.
     pub fn queue_names(&self) -> Result<Vec<String>, StoreError> {
         let connection = self.lock();
         let mut statement = connection
