@@ -193,8 +193,8 @@ async fn duplicate_repayment_changes_ledger_once() {
         "2024-02-01",
         "2024-03-01",
     )]);
-    harness.publish(&[pay.clone()]);
-    harness.publish(&[pay.clone()]);
+    harness.publish(std::slice::from_ref(&pay));
+    harness.publish(std::slice::from_ref(&pay));
     // The same payment resent under a new event id is also a no-op.
     harness.publish(&[pay.replace("pay-P1", "pay-P1-resent")]);
     let progress = harness.run().await;

@@ -306,14 +306,17 @@ fn sigkill_mid_run_then_restart_matches_clean_run() {
     let started = std::time::Instant::now();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let handled = killed_db.exists()
-            && Connection::open(&killed_db)
+        let handled = if killed_db.exists() {
+            Connection::open(&killed_db)
                 .and_then(|c| {
                     c.query_row("SELECT COUNT(*) FROM idempotency", [], |row| {
                         row.get::<_, i64>(0)
                     })
                 })
-                .unwrap_or(0);
+                .unwrap_or(0)
+        } else {
+            0
+        };
         if handled > 500 || started.elapsed().as_secs() > 120 {
             break;
         }

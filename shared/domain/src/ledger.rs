@@ -16,8 +16,6 @@ pub struct Payment {
     pub value_date: BusinessDate,
     /// Amount received.
     pub amount: Paise,
-    /// Order of receipt, used to order payments with the same value date.
-    pub sequence: u64,
     /// Set when the payment was reversed (a bounced instrument, say). A
     /// reversed payment counts for nothing, from its value date on.
     pub reversed_on: Option<BusinessDate>,
@@ -78,7 +76,9 @@ pub struct LoanLedger {
     /// means none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub charges: Vec<Paise>,
-    /// Payments in order of receipt, reversed ones included.
+    /// Payments ordered by value date, then payment id, reversed ones
+    /// included. The order does not depend on the order of receipt, so the
+    /// same payments delivered in any order give the same ledger.
     pub payments: Vec<Payment>,
 }
 
@@ -112,14 +112,18 @@ impl LoanLedger {
         if self.payments.iter().any(|p| p.payment_id == payment_id) {
             return false;
         }
-        let sequence = self.payments.len() as u64;
-        self.payments.push(Payment {
-            payment_id: payment_id.to_string(),
-            value_date,
-            amount,
-            sequence,
-            reversed_on: None,
-        });
+        let at = self
+            .payments
+            .partition_point(|p| (p.value_date, p.payment_id.as_str()) < (value_date, payment_id));
+        self.payments.insert(
+            at,
+            Payment {
+                payment_id: payment_id.to_string(),
+                value_date,
+                amount,
+                reversed_on: None,
+            },
+        );
         true
     }
 
@@ -156,7 +160,7 @@ impl LoanLedger {
             .iter()
             .filter(|p| p.reversed_on.is_none())
             .collect();
-        valid.sort_by_key(|p| (p.value_date, p.sequence));
+        valid.sort_by(|a, b| (a.value_date, &a.payment_id).cmp(&(b.value_date, &b.payment_id)));
         let mut payment_dates = Vec::with_capacity(valid.len());
         let mut cumulative_paid = Vec::with_capacity(valid.len());
         let mut paid = Paise::ZERO;
