@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use underwrite_domain::{DueDayRule, LoanLedger, ProductCatalog, Schedule};
+use underwrite_domain::{DueDayRule, LoanLedger, Paise, Payment, ProductCatalog, Schedule};
 use underwrite_events::payloads::{LoanDisbursed, RepaymentReceived, RepaymentReversed};
 use underwrite_events::{Envelope, EventPayload};
 use underwrite_runtime::service::read_state;
@@ -25,7 +25,11 @@ pub fn loan_key(loan_id: &str) -> String {
 }
 
 /// A loan as the mechanism service keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as its terms, due-day rule, charges and payments; the schedule is
+/// a pure function of the terms and the rule, so it is rebuilt on reading
+/// instead of being stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoanRecord {
     /// The disbursal terms as received.
     pub terms: LoanDisbursed,
@@ -33,6 +37,61 @@ pub struct LoanRecord {
     pub due_day_rule: DueDayRule,
     /// Schedule and payments.
     pub ledger: LoanLedger,
+}
+
+#[derive(Serialize)]
+struct StoredLoanRef<'a> {
+    terms: &'a LoanDisbursed,
+    due_day_rule: DueDayRule,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    charges: &'a [Paise],
+    payments: &'a [Payment],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredLoan {
+    terms: LoanDisbursed,
+    due_day_rule: DueDayRule,
+    #[serde(default)]
+    charges: Vec<Paise>,
+    payments: Vec<Payment>,
+}
+
+impl Serialize for LoanRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredLoanRef {
+            terms: &self.terms,
+            due_day_rule: self.due_day_rule,
+            charges: &self.ledger.charges,
+            payments: &self.ledger.payments,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for LoanRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = StoredLoan::deserialize(deserializer)?;
+        let terms = &stored.terms;
+        let schedule = Schedule::build(
+            terms.principal,
+            terms.annual_rate,
+            terms.tenor_months,
+            terms.first_due_date,
+            stored.due_day_rule,
+        )
+        .map_err(|error| serde::de::Error::custom(format!("loan {}: {error}", terms.loan_id)))?;
+        Ok(LoanRecord {
+            terms: stored.terms,
+            due_day_rule: stored.due_day_rule,
+            ledger: LoanLedger {
+                schedule,
+                charges: stored.charges,
+                payments: stored.payments,
+            },
+        })
+    }
 }
 
 /// The mechanism service.

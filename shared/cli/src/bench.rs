@@ -76,7 +76,24 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
     );
     let started = Instant::now();
     runtime.publish(&events)?;
-    let totals = runtime.run(&RunOptions::default(), &mut |_| {}).await?;
+    // Each service drains its own queue in turn, so its time is measured
+    // alone; npa's events then reach audit, which runs last.
+    let mut totals = underwrite_runtime::Progress::default();
+    for name in crate::services::NAMES {
+        let service_started = Instant::now();
+        let options = RunOptions {
+            services: vec![name.to_string()],
+            ..RunOptions::default()
+        };
+        let progress = runtime.run(&options, &mut |_| {}).await?;
+        println!(
+            "  {name:<10} {} records in {:.2} s",
+            progress.handled,
+            service_started.elapsed().as_secs_f64()
+        );
+        totals.handled += progress.handled;
+        totals.emitted += progress.emitted;
+    }
     let pipeline_seconds = started.elapsed().as_secs_f64();
     let pipeline_rate = events.len() as f64 / pipeline_seconds;
     println!(

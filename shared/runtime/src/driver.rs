@@ -178,6 +178,7 @@ impl EmbeddedRuntime {
         let services = self.selected(&options.services)?;
         let queues: Vec<&str> = services.iter().map(|s| s.name()).collect();
         let mut totals = Progress::default();
+        let mut last_progress = std::time::Instant::now();
         loop {
             if options.stop.load(Ordering::SeqCst) {
                 break;
@@ -188,15 +189,13 @@ impl EmbeddedRuntime {
                 worked |= batch > 0;
             }
             if worked {
-                totals.queued = queues
-                    .iter()
-                    .map(|q| {
-                        self.store
-                            .queue_depth(q)
-                            .map(|(visible, hidden)| visible + hidden)
-                    })
-                    .sum::<Result<u64, _>>()?;
-                progress(&totals);
+                // Counting a queue scans its rows, so progress is refreshed
+                // at most every 250 ms rather than after every batch.
+                if last_progress.elapsed() >= Duration::from_millis(250) {
+                    totals.queued = self.depth(&queues)?;
+                    progress(&totals);
+                    last_progress = std::time::Instant::now();
+                }
                 continue;
             }
             let next = self.store.next_visible_ms(&queues)?;
@@ -209,16 +208,20 @@ impl EmbeddedRuntime {
                 }
             }
         }
-        totals.queued = queues
+        totals.queued = self.depth(&queues)?;
+        progress(&totals);
+        Ok(totals)
+    }
+
+    fn depth(&self, queues: &[&str]) -> Result<u64, StoreError> {
+        queues
             .iter()
             .map(|q| {
                 self.store
                     .queue_depth(q)
                     .map(|(visible, hidden)| visible + hidden)
             })
-            .sum::<Result<u64, _>>()?;
-        progress(&totals);
-        Ok(totals)
+            .sum()
     }
 
     /// Receives and handles one batch of `service`'s queue; returns how many
@@ -230,14 +233,25 @@ impl EmbeddedRuntime {
     ) -> Result<usize, StoreError> {
         let messages = self.store.receive(service.name(), &self.settings)?;
         let span = info_span!("batch", service = service.name(), records = messages.len());
-        async {
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        self.store.begin_batch()?;
+        let result = async {
             for message in &messages {
                 self.process_record(service, message, totals).await?;
             }
             Ok::<_, StoreError>(())
         }
         .instrument(span)
-        .await?;
+        .await;
+        match result {
+            Ok(()) => self.store.end_batch()?,
+            Err(error) => {
+                self.store.abort_batch()?;
+                return Err(error);
+            }
+        }
         Ok(messages.len())
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use crate::queue::{DeadLetter, QueueSettings, ReceivedMessage};
@@ -66,7 +66,7 @@ impl SqliteStore {
         // WAL with synchronous=NORMAL: a commit survives a process crash; the
         // last commits before a power loss may be rolled back.
         connection
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
+            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;")
             .map_err(unavailable)?;
         let store = SqliteStore {
             path,
@@ -90,7 +90,7 @@ impl SqliteStore {
     /// Applies migrations not yet recorded; returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<i64>, StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
         )
@@ -98,11 +98,9 @@ impl SqliteStore {
         let mut applied = Vec::new();
         for (version, name, sql) in MIGRATIONS {
             let done: Option<i64> = tx
-                .query_row(
-                    "SELECT version FROM migrations WHERE version = ?1",
-                    [version],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT version FROM migrations WHERE version = ?1")
+                .map_err(unavailable)?
+                .query_row([version], |row| row.get(0))
                 .optional()
                 .map_err(unavailable)?;
             if done.is_some() {
@@ -111,10 +109,11 @@ impl SqliteStore {
             tx.execute_batch(sql).map_err(|error| {
                 StoreError::Unavailable(format!("migration {version} ({name}) failed: {error}"))
             })?;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO migrations (version, name, applied_ms) VALUES (?1, ?2, ?3)",
-                params![version, name, now_ms()],
             )
+            .map_err(unavailable)?
+            .execute(params![version, name, now_ms()])
             .map_err(unavailable)?;
             applied.push(*version);
         }
@@ -137,7 +136,7 @@ impl SqliteStore {
     /// Enqueues `body` on each of `queues` in one transaction.
     pub fn send(&self, queues: &[&str], message_id: &str, body: &str) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         enqueue(&tx, queues, message_id, body, now_ms())?;
         tx.commit().map_err(unavailable)
     }
@@ -155,7 +154,7 @@ impl SqliteStore {
         writes: &[StateWrite],
     ) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         for write in writes {
             apply_write(&tx, write, now)?;
@@ -175,7 +174,7 @@ impl SqliteStore {
         settings: &QueueSettings,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         let mut messages = Vec::new();
         {
@@ -213,13 +212,33 @@ impl SqliteStore {
         Ok(messages)
     }
 
+    /// Opens a transaction around the records of one batch. Each record's
+    /// commit or failure is a savepoint inside it, so a failing record rolls
+    /// back alone, and the batch costs one commit instead of one per record.
+    /// The receive that hid the batch's messages committed before this, so
+    /// their receive counts survive a crash mid-batch.
+    pub fn begin_batch(&self) -> Result<(), StoreError> {
+        self.lock()
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(unavailable)
+    }
+
+    /// Commits the batch transaction.
+    pub fn end_batch(&self) -> Result<(), StoreError> {
+        self.lock().execute_batch("COMMIT").map_err(unavailable)
+    }
+
+    /// Rolls the batch transaction back; its messages reappear after their
+    /// visibility timeout.
+    pub fn abort_batch(&self) -> Result<(), StoreError> {
+        self.lock().execute_batch("ROLLBACK").map_err(unavailable)
+    }
+
     /// Checks whether `service` has completed the event `event_id`.
     pub fn is_complete(&self, service: &str, event_id: &str) -> Result<bool, StoreError> {
         let connection = self.lock();
         let found: Option<i64> = connection
-            .query_row(
-                "SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2 AND status = 'complete'",
-                params![service, event_id],
+            .prepare_cached("SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2 AND status = 'complete'").map_err(unavailable)?.query_row(params![service, event_id],
                 |row| row.get(0),
             )
             .optional()
@@ -231,7 +250,9 @@ impl SqliteStore {
     pub fn delete(&self, seq: i64) -> Result<(), StoreError> {
         let connection = self.lock();
         connection
-            .execute("DELETE FROM queue_messages WHERE seq = ?1", [seq])
+            .prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+            .map_err(unavailable)?
+            .execute([seq])
             .map_err(unavailable)?;
         Ok(())
     }
@@ -248,18 +269,18 @@ impl SqliteStore {
         outputs: &[(Vec<&str>, String, String)],
     ) -> Result<CommitResult, StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         let done: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2",
-                params![service, event_id],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2")
+            .map_err(unavailable)?
+            .query_row(params![service, event_id], |row| row.get(0))
             .optional()
             .map_err(unavailable)?;
         if done.is_some() {
-            tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message_seq])
+            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+                .map_err(unavailable)?
+                .execute([message_seq])
                 .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             return Ok(CommitResult::Duplicate);
@@ -271,15 +292,15 @@ impl SqliteStore {
             .iter()
             .map(|(_, _, body)| serde_json::from_str(body).unwrap_or(Value::Null))
             .collect();
-        tx.execute(
-            "INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4)",
-            params![service, event_id, Value::Array(output_bodies).to_string(), now],
+        tx.prepare_cached("INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4)").map_err(unavailable)?.execute(params![service, event_id, Value::Array(output_bodies).to_string(), now],
         )
         .map_err(unavailable)?;
         for (queues, id, body) in outputs {
             enqueue(&tx, queues, id, body, now)?;
         }
-        tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message_seq])
+        tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+            .map_err(unavailable)?
+            .execute([message_seq])
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(CommitResult::Committed)
@@ -301,16 +322,14 @@ impl SqliteStore {
         retry_after_ms: u64,
     ) -> Result<bool, StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         let dead = permanent || message.receive_count >= settings.max_receive_count;
         if dead {
             let sent_ms: i64 = tx
-                .query_row(
-                    "SELECT sent_ms FROM queue_messages WHERE seq = ?1",
-                    [message.seq],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT sent_ms FROM queue_messages WHERE seq = ?1")
+                .map_err(unavailable)?
+                .query_row([message.seq], |row| row.get(0))
                 .optional()
                 .map_err(unavailable)?
                 .unwrap_or(now);
@@ -319,23 +338,24 @@ impl SqliteStore {
             } else {
                 "retries_exhausted"
             };
-            tx.execute(
-                "INSERT INTO dead_letters (queue, message_id, body, error_kind, error_code, error_message, receive_count, sent_ms, failed_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![queue, message.message_id, message.body, kind, code, error, message.receive_count, sent_ms, now],
+            tx.prepare_cached("INSERT INTO dead_letters (queue, message_id, body, error_kind, error_code, error_message, receive_count, sent_ms, failed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").map_err(unavailable)?.execute(params![queue, message.message_id, message.body, kind, code, error, message.receive_count, sent_ms, now],
             )
             .map_err(unavailable)?;
-            tx.execute("DELETE FROM queue_messages WHERE seq = ?1", [message.seq])
+            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+                .map_err(unavailable)?
+                .execute([message.seq])
                 .map_err(unavailable)?;
         } else {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE queue_messages SET visible_ms = ?1, last_error = ?2 WHERE seq = ?3",
-                params![
-                    now + retry_after_ms as i64,
-                    format!("{code}: {error}"),
-                    message.seq
-                ],
             )
+            .map_err(unavailable)?
+            .execute(params![
+                now + retry_after_ms as i64,
+                format!("{code}: {error}"),
+                message.seq
+            ])
             .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
@@ -368,9 +388,7 @@ impl SqliteStore {
         let connection = self.lock();
         let now = now_ms();
         connection
-            .query_row(
-                "SELECT COALESCE(SUM(visible_ms <= ?2), 0), COALESCE(SUM(visible_ms > ?2), 0) FROM queue_messages WHERE queue = ?1",
-                params![queue, now],
+            .prepare_cached("SELECT COALESCE(SUM(visible_ms <= ?2), 0), COALESCE(SUM(visible_ms > ?2), 0) FROM queue_messages WHERE queue = ?1").map_err(unavailable)?.query_row(params![queue, now],
                 |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
             )
             .map_err(unavailable)
@@ -383,11 +401,9 @@ impl SqliteStore {
         let mut earliest: Option<i64> = None;
         for queue in queues {
             let next: Option<i64> = connection
-                .query_row(
-                    "SELECT MIN(visible_ms) FROM queue_messages WHERE queue = ?1",
-                    [queue],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT MIN(visible_ms) FROM queue_messages WHERE queue = ?1")
+                .map_err(unavailable)?
+                .query_row([queue], |row| row.get(0))
                 .map_err(unavailable)?;
             earliest = match (earliest, next) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -448,7 +464,7 @@ impl SqliteStore {
         let letters = self.dead_letters(queue)?;
         let take = max.unwrap_or(letters.len()).min(letters.len());
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         for letter in &letters[..take] {
             enqueue(
@@ -458,7 +474,9 @@ impl SqliteStore {
                 &letter.body,
                 now,
             )?;
-            tx.execute("DELETE FROM dead_letters WHERE seq = ?1", [letter.seq])
+            tx.prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")
+                .map_err(unavailable)?
+                .execute([letter.seq])
                 .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
@@ -469,9 +487,9 @@ impl SqliteStore {
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
         let connection = self.lock();
         connection
-            .query_row("SELECT COUNT(*) FROM dead_letters", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .prepare_cached("SELECT COUNT(*) FROM dead_letters")
+            .map_err(unavailable)?
+            .query_row([], |row| row.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(unavailable)
     }
@@ -480,7 +498,7 @@ impl SqliteStore {
     /// set-up. Services never call this: their writes go through `commit`.
     pub fn write_direct(&self, writes: &[StateWrite]) -> Result<(), StoreError> {
         let mut connection = self.lock();
-        let tx = connection.transaction().map_err(unavailable)?;
+        let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         for write in writes {
             apply_write(&tx, write, now)?;
@@ -492,14 +510,16 @@ impl SqliteStore {
     pub fn ping(&self) -> Result<(), StoreError> {
         let connection = self.lock();
         connection
-            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+            .prepare_cached("SELECT 1")
+            .map_err(unavailable)?
+            .query_row([], |row| row.get::<_, i64>(0))
             .map(|_| ())
             .map_err(unavailable)
     }
 }
 
 fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     queues: &[&str],
     message_id: &str,
     body: &str,
@@ -518,13 +538,11 @@ fn enqueue(
     Ok(())
 }
 
-fn apply_write(tx: &Transaction<'_>, write: &StateWrite, now: i64) -> Result<(), StoreError> {
+fn apply_write(tx: &Connection, write: &StateWrite, now: i64) -> Result<(), StoreError> {
     let found: Option<u64> = tx
-        .query_row(
-            "SELECT version FROM kv WHERE key = ?1",
-            [&write.key],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT version FROM kv WHERE key = ?1")
+        .map_err(unavailable)?
+        .query_row([&write.key], |row| row.get(0))
         .optional()
         .map_err(unavailable)?;
     let allowed = match write.expected {
@@ -541,15 +559,15 @@ fn apply_write(tx: &Transaction<'_>, write: &StateWrite, now: i64) -> Result<(),
     }
     match &write.value {
         Some(value) => {
-            tx.execute(
-                "INSERT INTO kv (key, value, version, updated_ms) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, updated_ms = excluded.updated_ms",
-                params![write.key, value.to_string(), now],
+            tx.prepare_cached("INSERT INTO kv (key, value, version, updated_ms) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, updated_ms = excluded.updated_ms").map_err(unavailable)?.execute(params![write.key, value.to_string(), now],
             )
             .map_err(unavailable)?;
         }
         None => {
-            tx.execute("DELETE FROM kv WHERE key = ?1", [&write.key])
+            tx.prepare_cached("DELETE FROM kv WHERE key = ?1")
+                .map_err(unavailable)?
+                .execute([&write.key])
                 .map_err(unavailable)?;
         }
     }
@@ -570,11 +588,9 @@ impl Store for SqliteStore {
         let row: Option<(String, u64)> = {
             let connection = self.lock();
             connection
-                .query_row(
-                    "SELECT value, version FROM kv WHERE key = ?1",
-                    [key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+                .prepare_cached("SELECT value, version FROM kv WHERE key = ?1")
+                .map_err(unavailable)?
+                .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()
                 .map_err(unavailable)?
         };
