@@ -1,12 +1,14 @@
 -- Embedded store: key-value state, queues with SQS delivery semantics,
 -- dead letters and idempotency records, all in one SQLite file.
 
+-- A rowid table: values are often several KiB, and SQLite stores large rows
+-- poorly in WITHOUT ROWID tables.
 CREATE TABLE kv (
-    key        TEXT PRIMARY KEY,
+    key        TEXT NOT NULL UNIQUE,
     value      TEXT NOT NULL,            -- JSON
     version    INTEGER NOT NULL,         -- 1 on insert, +1 on every update
     updated_ms INTEGER NOT NULL          -- Unix time, milliseconds
-) WITHOUT ROWID;
+);
 
 CREATE TABLE queue_messages (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,

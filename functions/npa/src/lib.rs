@@ -37,7 +37,7 @@ use underwrite_runtime::{
     Context, HandlerError, Outcome, Service, StateWrite, Store, StoreError, Versioned,
 };
 
-use crate::timeline::{Change, DayState, Facility, Transition, walk};
+use crate::timeline::{Change, Checkpoint, DayState, Facility, Transition, walk};
 
 /// Key of the service's calendar.
 pub const CALENDAR_KEY: &str = "npa/calendar";
@@ -101,6 +101,9 @@ pub struct BorrowerBook {
     pub evaluated_through: Option<BusinessDate>,
     /// The date under which the borrower is filed for review.
     pub next_review: Option<BusinessDate>,
+    /// Walk state at the end of `evaluated_through`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl BorrowerBook {
@@ -127,8 +130,24 @@ impl BorrowerBook {
         through: BusinessDate,
     ) -> BTreeMap<String, Vec<(BusinessDate, u32)>> {
         let mut history = BTreeMap::new();
-        walk(&self.facilities(), policy, through, Some(&mut history));
+        walk(
+            &self.facilities(),
+            policy,
+            through,
+            Some(&mut history),
+            None,
+        );
         history
+    }
+
+    /// Derives every change from the first disbursal to `through` by
+    /// replaying the whole history, without the checkpoint.
+    pub fn derived_transitions(
+        &self,
+        policy: &ClassificationPolicy,
+        through: BusinessDate,
+    ) -> Vec<Transition> {
+        walk(&self.facilities(), policy, through, None, None).transitions
     }
 
     /// Derives each loan's state at the end of `through`.
@@ -137,7 +156,7 @@ impl BorrowerBook {
         policy: &ClassificationPolicy,
         through: BusinessDate,
     ) -> BTreeMap<String, DayState> {
-        walk(&self.facilities(), policy, through, None).last
+        walk(&self.facilities(), policy, through, None, None).last
     }
 }
 
@@ -188,12 +207,18 @@ impl Npa {
     /// change dated after `news_after` is news (`original`); one on or before
     /// it is a `correction`, because the day-end of its date already ran
     /// without it.
+    ///
+    /// `changed_from` is the first date whose ledger the event changed
+    /// (`None` when it changed no ledger): when it falls after the stored
+    /// checkpoint, the walk resumes from the checkpoint instead of replaying
+    /// the borrower's whole history.
     fn evaluate(
         &self,
         borrower_id: &str,
         book: &mut BorrowerBook,
         through: Option<BusinessDate>,
         news_after: Option<BusinessDate>,
+        changed_from: Option<BusinessDate>,
         effects: &mut Effects<'_>,
     ) {
         let Some(through) = through else {
@@ -207,10 +232,18 @@ impl Npa {
             self.file_review(borrower_id, book, first_due, effects);
             return;
         };
-        let walked = walk(&book.facilities(), &self.policy, through, None);
+        let resume = book
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.date <= through && changed_from.is_none_or(|from| from > c.date));
+        let walked = walk(&book.facilities(), &self.policy, through, None, resume);
+        // Changes dated on or before the checkpoint were not walked again and
+        // still stand.
+        let walked_after = resume.map(|c| c.date);
         let retracted: Vec<Announced> = book
             .announced
             .iter()
+            .filter(|a| walked_after.is_none_or(|after| a.transition.date > after))
             .filter(|a| {
                 !walked
                     .transitions
@@ -264,6 +297,7 @@ impl Npa {
             book.evaluated_through
                 .map_or(through, |done| done.max(through)),
         );
+        book.checkpoint = walked.checkpoint;
         self.file_review(borrower_id, book, walked.next_change, effects);
     }
 
@@ -374,7 +408,14 @@ impl Npa {
         };
         book.loans.insert(terms.loan_id.to_string(), record);
         let (through, _) = self.closed_through(context.store).await?;
-        self.evaluate(borrower_id, &mut book, through, through, effects);
+        self.evaluate(
+            borrower_id,
+            &mut book,
+            through,
+            through,
+            Some(terms.disbursed_on),
+            effects,
+        );
         effects.outcome.writes.push(StateWrite::put(
             loan_key(terms.loan_id.as_str()),
             to_value(&LoanIndex {
@@ -406,11 +447,32 @@ impl Npa {
             .loans
             .get_mut(loan_id)
             .ok_or_else(|| loan_not_found(loan_id, payload.event_type().as_str()))?;
+        // The first date whose position the event changes: the value date of
+        // the payment received or reversed.
+        let changed_from = match payload {
+            EventPayload::RepaymentReceived(p) => Some(p.value_date),
+            EventPayload::RepaymentReversed(p) => record
+                .ledger
+                .payments
+                .iter()
+                .find(|payment| payment.payment_id == p.payment_id.as_str())
+                .map(|payment| payment.value_date),
+            _ => None,
+        };
         if !apply_to_record(record, payload)? {
             return Ok(());
         }
+        // An unknown value date means the whole history is replayed.
+        let changed_from = changed_from.or(Some(BusinessDate::from_epoch_days(0)));
         let (through, _) = self.closed_through(context.store).await?;
-        self.evaluate(&index.borrower_id, &mut book, through, through, effects);
+        self.evaluate(
+            &index.borrower_id,
+            &mut book,
+            through,
+            through,
+            changed_from,
+            effects,
+        );
         effects
             .outcome
             .writes
@@ -447,7 +509,7 @@ impl Npa {
             let key = borrower_key(borrower_id);
             let (book, read) = read_state::<BorrowerBook>(context.store, &key).await?;
             let Some(mut book) = book else { continue };
-            self.evaluate(borrower_id, &mut book, Some(date), through, effects);
+            self.evaluate(borrower_id, &mut book, Some(date), through, None, effects);
             effects
                 .outcome
                 .writes

@@ -79,6 +79,20 @@ pub struct DayState {
     pub npa_date: Option<BusinessDate>,
 }
 
+/// The walk's state at the end of a date, from which a later walk resumes
+/// without replaying earlier days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The date whose end this state describes.
+    pub date: BusinessDate,
+    /// Each facility's class on that date.
+    pub classes: BTreeMap<String, AssetClass>,
+    /// Facilities whose DLG day has passed.
+    pub dlg_fired: std::collections::BTreeSet<String>,
+    /// Start of the borrower's NPA spell on that date.
+    pub npa_date: Option<BusinessDate>,
+}
+
 /// The result of walking a borrower's days.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -89,22 +103,28 @@ pub struct Walk {
     /// The first date after the date walked to on which a change would
     /// happen if no further payment arrived.
     pub next_change: Option<BusinessDate>,
+    /// State at the end of the date walked to.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Walks a borrower's facilities from the first disbursal to `through`,
 /// classifying each day with the borrower-level rule, and looks ahead for
 /// the next change. `history` collects each facility's DPD per day when
-/// given.
+/// given. With `resume`, the walk starts the day after the checkpoint from
+/// its state; the caller must know that no ledger entry before that day
+/// changed since the checkpoint was taken.
 pub fn walk(
     facilities: &BTreeMap<String, Facility>,
     policy: &ClassificationPolicy,
     through: BusinessDate,
     mut history: Option<&mut BTreeMap<String, Vec<(BusinessDate, u32)>>>,
+    resume: Option<&Checkpoint>,
 ) -> Walk {
     let mut result = Walk::default();
-    let Some(start) = facilities.values().map(|f| f.disbursed_on).min() else {
+    let Some(first_disbursal) = facilities.values().map(|f| f.disbursed_on).min() else {
         return result;
     };
+    let start = resume.map_or(first_disbursal, |c| c.date.succ());
     let ids: Vec<&String> = facilities.keys().collect();
     let indexes: Vec<_> = facilities.values().map(|f| f.ledger.index()).collect();
     let last_due = facilities
@@ -112,9 +132,38 @@ pub fn walk(
         .filter_map(|f| f.ledger.schedule.instalments.last().map(|i| i.due_date))
         .max()
         .unwrap_or(start);
-    let mut previous: Vec<AssetClass> = vec![AssetClass::Standard; ids.len()];
-    let mut dlg_fired = vec![false; ids.len()];
-    let mut prior_npa: Option<BusinessDate> = None;
+    let mut previous: Vec<AssetClass> = ids
+        .iter()
+        .map(|id| {
+            resume
+                .and_then(|c| c.classes.get(*id).copied())
+                .unwrap_or(AssetClass::Standard)
+        })
+        .collect();
+    let mut dlg_fired: Vec<bool> = ids
+        .iter()
+        .map(|id| resume.is_some_and(|c| c.dlg_fired.contains(*id)))
+        .collect();
+    let mut prior_npa: Option<BusinessDate> = resume.and_then(|c| c.npa_date);
+    let checkpoint_of =
+        |date: BusinessDate, previous: &[AssetClass], dlg_fired: &[bool], npa_date| Checkpoint {
+            date,
+            classes: ids
+                .iter()
+                .zip(previous)
+                .map(|(id, class)| ((*id).clone(), *class))
+                .collect(),
+            dlg_fired: ids
+                .iter()
+                .zip(dlg_fired)
+                .filter(|(_, fired)| **fired)
+                .map(|(id, _)| (*id).clone())
+                .collect(),
+            npa_date,
+        };
+    if start > through {
+        result.checkpoint = Some(checkpoint_of(through, &previous, &dlg_fired, prior_npa));
+    }
     let horizon = through.add_days(LOOKAHEAD_DAYS);
     let mut day = start;
     while day <= horizon {
@@ -187,6 +236,9 @@ pub fn walk(
             }
         }
         prior_npa = classified.npa_date;
+        if day == through {
+            result.checkpoint = Some(checkpoint_of(through, &previous, &dlg_fired, prior_npa));
+        }
         if looking_ahead {
             if changed {
                 result.next_change = Some(day);

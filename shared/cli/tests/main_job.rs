@@ -108,6 +108,21 @@ fn main_job_reconciles() {
     let mut service_classes = BTreeMap::new();
     for text in books {
         let book: BorrowerBook = serde_json::from_str(&text).unwrap();
+        // The changes announced event by event, resuming from checkpoints,
+        // are exactly those a full replay of the history derives.
+        let replayed = book.derived_transitions(&ClassificationPolicy::default(), as_of);
+        let announced: Vec<_> = book
+            .announced
+            .iter()
+            .map(|a| a.transition.clone())
+            .collect();
+        assert_eq!(announced.len(), replayed.len(), "{:?}", book.loans.keys());
+        for transition in &replayed {
+            assert!(
+                announced.iter().any(|a| a.same_change(transition)),
+                "{transition:?} was never announced"
+            );
+        }
         for (loan, state) in book.state_on(&ClassificationPolicy::default(), as_of) {
             service_classes.insert(loan, (state.class.as_str().to_string(), state.dpd));
         }

@@ -126,7 +126,28 @@ impl BusinessDate {
 
 impl fmt::Display for BusinessDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format("%Y-%m-%d"))
+        // Written digit by digit: chrono's strftime formatting was a visible
+        // share of serialising ledgers.
+        let (year, month, day) = (self.0.year(), self.0.month(), self.0.day());
+        if (0..=9999).contains(&year) {
+            let mut text = *b"0000-00-00";
+            let year = year as u32;
+            for (slot, value) in [
+                (0, year / 1000),
+                (1, year / 100 % 10),
+                (2, year / 10 % 10),
+                (3, year % 10),
+            ] {
+                text[slot] = b'0' + value as u8;
+            }
+            text[5] = b'0' + (month / 10) as u8;
+            text[6] = b'0' + (month % 10) as u8;
+            text[8] = b'0' + (day / 10) as u8;
+            text[9] = b'0' + (day % 10) as u8;
+            f.write_str(std::str::from_utf8(&text).expect("digits are ASCII"))
+        } else {
+            write!(f, "{}", self.0.format("%Y-%m-%d"))
+        }
     }
 }
 
@@ -137,12 +158,22 @@ impl FromStr for BusinessDate {
         let error = || DateError {
             value: text.to_string(),
         };
-        if text.len() != 10 || text.as_bytes()[4] != b'-' || text.as_bytes()[7] != b'-' {
+        let bytes = text.as_bytes();
+        if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
             return Err(error());
         }
-        NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        let number = |range: std::ops::Range<usize>| -> Option<u32> {
+            bytes[range].iter().try_fold(0u32, |acc, b| {
+                b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+            })
+        };
+        let (Some(year), Some(month), Some(day)) = (number(0..4), number(5..7), number(8..10))
+        else {
+            return Err(error());
+        };
+        NaiveDate::from_ymd_opt(year as i32, month, day)
             .map(BusinessDate)
-            .map_err(|_| error())
+            .ok_or_else(error)
     }
 }
 
