@@ -18,7 +18,7 @@
 //! `day.closed` for date D reviews only the borrowers whose next change falls
 //! on or before D: after each evaluation the service looks ahead for the
 //! first date a change would happen without further payments and files the
-//! borrower under that date (`npa/agenda/<date>`).
+//! borrower under that date (`npa/agenda/<date>/<borrower>`).
 
 #![warn(missing_docs)]
 
@@ -33,9 +33,7 @@ use underwrite_events::payloads::{ClassChanged, DlgTriggered, LoanDisbursed, Rev
 use underwrite_events::{Envelope, EventId, EventPayload};
 use underwrite_mechanism::{LoanRecord, apply_to_record, disburse, loan_not_found};
 use underwrite_runtime::service::read_state;
-use underwrite_runtime::{
-    Context, HandlerError, Outcome, Service, StateWrite, Store, StoreError, Versioned,
-};
+use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store, Versioned};
 
 use crate::timeline::{Change, Checkpoint, DayState, Facility, Transition, walk};
 
@@ -56,8 +54,9 @@ fn loan_key(loan_id: &str) -> String {
     format!("{LOAN_PREFIX}{loan_id}")
 }
 
-fn agenda_key(date: BusinessDate) -> String {
-    format!("{AGENDA_PREFIX}{date}")
+/// One key per review, so that filing a review is one small write.
+fn agenda_key(date: BusinessDate, borrower_id: &str) -> String {
+    format!("{AGENDA_PREFIX}{date}/{borrower_id}")
 }
 
 /// The last business date closed.
@@ -72,13 +71,6 @@ pub struct Calendar {
 pub struct LoanIndex {
     /// The borrower.
     pub borrower_id: String,
-}
-
-/// Borrowers to review on a date.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Agenda {
-    /// Borrower ids.
-    pub borrowers: BTreeSet<String>,
 }
 
 /// A change the service has announced and not withdrawn.
@@ -492,18 +484,12 @@ impl Npa {
         }
         let due = due_agenda(context.store, date).await?;
         let mut borrowers: BTreeSet<String> = BTreeSet::new();
-        for (key, read) in &due {
-            let agenda: Agenda = serde_json::from_value(read.value.clone()).map_err(|error| {
-                HandlerError::permanent(
-                    "store_corrupt",
-                    format!("stored value at key {key:?} is not an agenda: {error}"),
-                )
-            })?;
-            borrowers.extend(agenda.borrowers);
+        for (key, borrower_id, read) in due {
+            borrowers.insert(borrower_id);
             effects
                 .outcome
                 .writes
-                .push(StateWrite::delete(key.clone(), &Some(read.clone())));
+                .push(StateWrite::delete(key, &Some(read)));
         }
         for borrower_id in &borrowers {
             let key = borrower_key(borrower_id);
@@ -525,39 +511,32 @@ impl Npa {
         Ok(())
     }
 
-    /// Adds the collected review dates to their agenda keys. A date whose
-    /// agenda is being deleted in this same outcome (a review filed for a
-    /// date already due) is merged into that write instead.
-    async fn write_agenda(
-        &self,
-        context: &Context<'_>,
-        effects: &mut Effects<'_>,
-    ) -> Result<(), HandlerError> {
+    /// Files the collected reviews. A review filed for a key that this same
+    /// outcome deletes (a date already due) turns that deletion into a put.
+    fn write_agenda(&self, effects: &mut Effects<'_>) {
         let additions = std::mem::take(&mut effects.agenda_additions);
         for (date, borrowers) in additions {
-            let key = agenda_key(date);
-            if let Some(existing) = effects.outcome.writes.iter_mut().find(|w| w.key == key) {
-                existing.value = Some(to_value(&Agenda { borrowers }));
-                continue;
+            for borrower_id in borrowers {
+                let key = agenda_key(date, &borrower_id);
+                let value = serde_json::json!({});
+                match effects.outcome.writes.iter_mut().find(|w| w.key == key) {
+                    Some(existing) => existing.value = Some(value),
+                    None => effects.outcome.writes.push(StateWrite {
+                        key,
+                        value: Some(value),
+                        expected: underwrite_runtime::Expected::Any,
+                    }),
+                }
             }
-            let (agenda, read) = read_state::<Agenda>(context.store, &key).await?;
-            let mut agenda = agenda.unwrap_or_default();
-            agenda.borrowers.extend(borrowers);
-            effects
-                .outcome
-                .writes
-                .push(StateWrite::put(key, to_value(&agenda), &read));
         }
-        Ok(())
     }
 }
 
-/// Agenda entries dated on or before `date`.
+/// Reviews dated on or before `date`, as (key, borrower id, stored value).
 async fn due_agenda(
     store: &dyn Store,
     date: BusinessDate,
-) -> Result<Vec<(String, Versioned)>, StoreError> {
-    let limit = agenda_key(date);
+) -> Result<Vec<(String, String, Versioned)>, HandlerError> {
     let mut due = Vec::new();
     let mut after: Option<String> = None;
     'pages: loop {
@@ -565,10 +544,22 @@ async fn due_agenda(
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (key, value) in page {
-            if key > limit {
+            let rest = &key[AGENDA_PREFIX.len()..];
+            let parsed = rest.split_once('/').and_then(|(day, borrower)| {
+                day.parse::<BusinessDate>()
+                    .ok()
+                    .map(|day| (day, borrower.to_string()))
+            });
+            let Some((day, borrower_id)) = parsed else {
+                return Err(HandlerError::permanent(
+                    "store_corrupt",
+                    format!("agenda key {key:?} is not npa/agenda/<date>/<borrower>"),
+                ));
+            };
+            if day > date {
                 break 'pages;
             }
-            due.push((key, value));
+            due.push((key, borrower_id, value));
         }
     }
     Ok(due)
@@ -669,7 +660,7 @@ impl Service for Npa {
                 ));
             }
         }
-        self.write_agenda(context, &mut effects).await?;
+        self.write_agenda(&mut effects);
         Ok(effects.outcome)
     }
 }
