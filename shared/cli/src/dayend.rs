@@ -202,6 +202,15 @@ pub async fn build_npa_report(
     // Day-end runs from the first disbursal so that every snapshot reflects
     // the ledger as it is now, backdated payments and reversals included.
     tokio::task::block_in_place(|| run_range(config, &loans, first, as_of))?;
+    let closed = underwrite_npa::closed_through(store.as_ref())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if closed.is_none_or(|closed| closed < as_of) {
+        let last = closed.map_or("no date".to_string(), |d| d.to_string());
+        eprintln!(
+            "warning: --as-of {as_of} is after the last closed business date ({last}); the report assumes no payment arrived after the ledger's last entry"
+        );
+    }
     let summary = npa_report(&config.lake_path, as_of, out, &job_policy(config))?;
     let ledger_total = ledger_outstanding(&loans, as_of);
     Ok((summary, ledger_total))

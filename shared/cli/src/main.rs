@@ -100,6 +100,12 @@ enum ExampleCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like other command-line tools, stop quietly when the reader of stdout
+    // goes away (`underwrite dlq | head`) instead of panicking on the write.
+    // SAFETY: restoring the default SIGPIPE action before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERWRITE_LOG_LEVEL")
         .unwrap_or_else(|_| "warn".into());
     let json_logs = std::env::var("UNDERWRITE_LOG_FORMAT").is_ok_and(|v| v == "json");

@@ -151,6 +151,7 @@ pub fn dlg_invocation_date(oldest_unpaid_due: BusinessDate) -> BusinessDate {
 
 /// The lender's classification settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClassificationPolicy {
     /// A loan is NPA when its DPD exceeds this many days. 90 for banks and
     /// NBFCs in the middle and upper layers; the base-layer glide path

@@ -34,6 +34,7 @@ pub enum ProvisioningRegime {
 
 /// Provisioning settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProvisioningPolicy {
     /// Bank or NBFC table.
     pub regime: ProvisioningRegime,

@@ -64,7 +64,7 @@ pub fn parse_input_line(line: &str) -> Result<Envelope, EventError> {
     )?;
     let event_type = EventType::from_name(&type_text).ok_or_else(|| EventError::UnknownType {
         value: type_text.clone(),
-        known: EventType::known_names(),
+        known: EventType::INPUT.map(|t| t.as_str()).join(", "),
     })?;
     if !EventType::INPUT.contains(&event_type) {
         return Err(EventError::InvalidField {

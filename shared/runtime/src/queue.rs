@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Delivery settings of a service's queue, as for an SQS queue with a
 /// redrive policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct QueueSettings {
     /// How long a received message stays invisible before it can be received
     /// again, in milliseconds.
