@@ -112,7 +112,14 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
     );
     let ratio = pipeline_rate / raw_rate;
     let verdict = if ratio >= 0.25 { "meets" } else { "MISSES" };
-    println!("ratio:      {ratio:.3} (services / raw); {verdict} the target of >= 0.25");
+    println!(
+        "ratio:      {ratio:.3} (input events through all three services / raw); {verdict} the target of >= 0.25"
+    );
+    // Each input event is delivered to up to three queues and npa's events
+    // to audit, so the runtime moves more messages than there are input
+    // events; this ratio compares the cost per delivered record instead.
+    let per_record = (totals.handled as f64 / pipeline_seconds) / raw_rate;
+    println!("per record: {per_record:.3} (records handled per second / raw messages per second)");
 
     if args.loans > 0 {
         eprintln!(
