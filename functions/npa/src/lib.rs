@@ -532,6 +532,11 @@ impl Npa {
     }
 }
 
+/// Agenda keys read per page. Reviews already due are deleted when handled,
+/// so the first page mostly holds dates after the one being closed; a small
+/// page avoids reading and parsing many of those.
+const AGENDA_PAGE: usize = 64;
+
 /// Reviews dated on or before `date`, as (key, borrower id, stored value).
 async fn due_agenda(
     store: &dyn Store,
@@ -540,7 +545,9 @@ async fn due_agenda(
     let mut due = Vec::new();
     let mut after: Option<String> = None;
     'pages: loop {
-        let page = store.scan(AGENDA_PREFIX, after.as_deref(), 500).await?;
+        let page = store
+            .scan(AGENDA_PREFIX, after.as_deref(), AGENDA_PAGE)
+            .await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (key, value) in page {
