@@ -137,7 +137,7 @@ pub fn publish_input(
     }
     let marker_key = format!("input/{}", file.digest);
     let store: &dyn Store = runtime.store().as_ref();
-    let marker = futures_lite_block(store.get(&marker_key))?;
+    let marker = block_on_current(store.get(&marker_key))?;
     if marker.is_some() && !republish {
         eprintln!(
             "{} was already published (SHA-256 {}); skipping it. Pass --republish to publish it again.",
@@ -160,7 +160,8 @@ pub fn publish_input(
     Ok(file.events.len())
 }
 
-fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+/// Runs a store future to completion from synchronous code on a runtime worker.
+fn block_on_current<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
