@@ -379,3 +379,52 @@ fn csv_path() -> String {
         .join("../../examples/german_credit/german_credit.csv");
     root.canonicalize().unwrap().display().to_string()
 }
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands: [&[&str]; 13] = [
+        &[],
+        &["init"],
+        &["list"],
+        &["migrate"],
+        &["run"],
+        &["dlq"],
+        &["health"],
+        &["day-end"],
+        &["report", "npa"],
+        &["audit", "verify"],
+        &["example", "german-credit"],
+        &["bench"],
+        &["report"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = underwrite(dir.path(), &args);
+        let help = text(&output);
+        assert!(output.status.success(), "{args:?}: {help}");
+        assert!(help.contains("Usage: underwrite"), "{args:?}: {help}");
+    }
+    let run_help = text(&underwrite(dir.path(), &["run", "--help"]));
+    for flag in [
+        "--input",
+        "--until-idle",
+        "--skip-invalid",
+        "--republish",
+        "--db",
+        "--config",
+    ] {
+        assert!(
+            run_help.contains(flag),
+            "run --help lacks {flag}: {run_help}"
+        );
+    }
+    let dlq_help = text(&underwrite(dir.path(), &["dlq", "--help"]));
+    for flag in ["--replay", "--max", "--queue", "--json"] {
+        assert!(
+            dlq_help.contains(flag),
+            "dlq --help lacks {flag}: {dlq_help}"
+        );
+    }
+}
