@@ -99,7 +99,7 @@ pub struct RunArgs {
 /// Publishes an input file unless it was published before; returns how many
 /// events were published. Invalid lines stop the publication unless
 /// `skip_invalid`, in which case they are written beside the file.
-pub fn publish_input(
+pub async fn publish_input(
     runtime: &EmbeddedRuntime,
     path: &Path,
     skip_invalid: bool,
@@ -137,7 +137,7 @@ pub fn publish_input(
     }
     let marker_key = format!("input/{}", file.digest);
     let store: &dyn Store = runtime.store().as_ref();
-    let marker = block_on_current(store.get(&marker_key))?;
+    let marker = store.get(&marker_key).await?;
     if marker.is_some() && !republish {
         eprintln!(
             "{} was already published (SHA-256 {}); skipping it. Pass --republish to publish it again.",
@@ -158,11 +158,6 @@ pub fn publish_input(
     };
     runtime.publish_with(&file.events, &[write])?;
     Ok(file.events.len())
-}
-
-/// Runs a store future to completion from synchronous code on a runtime worker.
-fn block_on_current<F: std::future::Future>(future: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 /// Starts a spinner on stderr; indicatif draws nothing when stderr is not a terminal.
@@ -230,9 +225,7 @@ fn console_is_terminal() -> bool {
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = open_runtime(config)?;
     if let Some(path) = &args.input {
-        let count = tokio::task::block_in_place(|| {
-            publish_input(&runtime, path, args.skip_invalid, args.republish)
-        })?;
+        let count = publish_input(&runtime, path, args.skip_invalid, args.republish).await?;
         eprintln!("Published {count} events from {}.", path.display());
     }
     let services = if args.services.is_empty() {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use underwrite_domain::ledger::LedgerIndex;
 use underwrite_domain::provisioning::is_unsecured_exposure;
 use underwrite_domain::{BusinessDate, Paise};
 use underwrite_jobs::day_end::{JobPolicy, run_day_end};
@@ -70,12 +71,19 @@ pub async fn load_loans(store: &dyn Store) -> anyhow::Result<Vec<LoanRecord>> {
 
 /// Positions of the loans live at the end of `as_of`: disbursed on or before
 /// it and with principal outstanding or an amount overdue.
-pub fn positions_on(loans: &[LoanRecord], as_of: BusinessDate) -> Vec<PositionRow> {
+/// `indexes` holds each loan's running totals, in the order of `loans`, so
+/// that a range of dates builds them once.
+pub fn positions_on(
+    loans: &[LoanRecord],
+    indexes: &[LedgerIndex<'_>],
+    as_of: BusinessDate,
+) -> Vec<PositionRow> {
     loans
         .iter()
-        .filter(|loan| loan.terms.disbursed_on <= as_of)
-        .filter_map(|loan| {
-            let position = loan.ledger.position(as_of);
+        .zip(indexes)
+        .filter(|(loan, _)| loan.terms.disbursed_on <= as_of)
+        .filter_map(|(loan, index)| {
+            let position = index.position(as_of);
             if position.outstanding_principal == Paise::ZERO && position.overdue == Paise::ZERO {
                 return None;
             }
@@ -125,11 +133,12 @@ pub fn run_range(
         ProgressStyle::with_template("day-end {bar:30} {pos}/{len} days, {msg}")
             .expect("template is valid"),
     );
+    let indexes: Vec<LedgerIndex<'_>> = loans.iter().map(|loan| loan.ledger.index()).collect();
     let mut day = from;
     let mut last_report = std::time::Instant::now();
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     while day <= to {
-        let rows = positions_on(loans, day);
+        let rows = positions_on(loans, &indexes, day);
         write_positions(&config.lake_path, day, &rows)
             .with_context(|| format!("Failed to export positions for {day}"))?;
         let summary = run_day_end(&config.lake_path, day, &policy)

@@ -68,9 +68,7 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
 
     // 2. Events through mechanism, npa and audit.
     let runtime = crate::commands::open_runtime(&config)?;
-    let published = tokio::task::block_in_place(|| {
-        crate::commands::publish_input(&runtime, &events_path, false, false)
-    })?;
+    let published = crate::commands::publish_input(&runtime, &events_path, false, false).await?;
     let totals = crate::commands::run_services(&runtime, config.services.clone(), true).await?;
     let dead = runtime.store().dead_letter_count()?;
     println!(
