@@ -33,7 +33,7 @@ pub fn fast_settings() -> QueueSettings {
 }
 
 impl Harness {
-    /// A harness running mechanism, npa and audit.
+    /// Creates a harness running mechanism, npa and audit.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
         let store =
@@ -72,7 +72,7 @@ impl Harness {
             .expect("run")
     }
 
-    /// Every event recorded in the audit ledger, in order.
+    /// Reads every event recorded in the audit ledger, in order.
     pub async fn audited(&self) -> Vec<Envelope> {
         let store: &dyn Store = self.store();
         let mut events = Vec::new();
@@ -109,7 +109,7 @@ impl Default for Harness {
     }
 }
 
-/// A `loan.disbursed` input line.
+/// Builds a `loan.disbursed` input line.
 pub fn disbursal(
     loan: &str,
     borrower: &str,
@@ -132,7 +132,7 @@ pub fn disbursal(
     .to_string()
 }
 
-/// A `repayment.received` input line received on `received_on`.
+/// Builds a `repayment.received` input line received on `received_on`.
 pub fn repayment(
     payment: &str,
     loan: &str,
@@ -149,7 +149,7 @@ pub fn repayment(
     .to_string()
 }
 
-/// A `repayment.reversed` input line.
+/// Builds a `repayment.reversed` input line.
 pub fn reversal(payment: &str, loan: &str, reversed_on: &str) -> String {
     json!({
         "id": format!("rev-{payment}"),

@@ -54,7 +54,7 @@ fn loan_key(loan_id: &str) -> String {
     format!("{LOAN_PREFIX}{loan_id}")
 }
 
-/// One key per review, so that filing a review is one small write.
+/// Formats the key of one review, so that filing a review is one small write.
 fn agenda_key(date: BusinessDate, borrower_id: &str) -> String {
     format!("{AGENDA_PREFIX}{date}/{borrower_id}")
 }
@@ -533,8 +533,8 @@ impl Npa {
 }
 
 /// Agenda keys read per page. Reviews already due are deleted when handled,
-/// so the first page mostly holds dates after the one being closed; a small
-/// page avoids reading and parsing many of those.
+/// so the first page mostly contains dates after the one being closed. A
+/// small page avoids reading and parsing many of those.
 const AGENDA_PAGE: usize = 64;
 
 /// Reviews dated on or before `date`, as (key, borrower id, stored value).

@@ -77,7 +77,7 @@ impl AssetClass {
         AssetClass::Loss,
     ];
 
-    /// The class's name in reports and events, such as `SMA-1`.
+    /// Returns the class's name in reports and events, such as `SMA-1`.
     pub const fn as_str(self) -> &'static str {
         match self {
             AssetClass::Standard => "STANDARD",
@@ -92,7 +92,7 @@ impl AssetClass {
         }
     }
 
-    /// Whether the class is a non-performing asset.
+    /// Checks whether the class is a non-performing asset.
     pub const fn is_npa(self) -> bool {
         matches!(
             self,
@@ -167,7 +167,7 @@ impl Default for ClassificationPolicy {
 }
 
 impl ClassificationPolicy {
-    /// The class of a performing account by its DPD alone.
+    /// Classifies a performing account by its DPD alone.
     pub fn performing_class(&self, dpd: u32) -> AssetClass {
         match dpd {
             0 => AssetClass::Standard,
@@ -177,14 +177,14 @@ impl ClassificationPolicy {
         }
     }
 
-    /// The date a facility at `dpd` on `as_of` first exceeded the NPA
+    /// Finds the date a facility at `dpd` on `as_of` first exceeded the NPA
     /// threshold, or `None` if it has not.
     pub fn npa_date(&self, as_of: BusinessDate, dpd: u32) -> Option<BusinessDate> {
         (dpd > self.npa_after_dpd).then(|| as_of.add_days(-i64::from(dpd - self.npa_after_dpd - 1)))
     }
 }
 
-/// The class of an NPA by its age: sub-standard for 12 months from the NPA
+/// Classifies an NPA by its age: sub-standard for 12 months from the NPA
 /// date, then D1 for a year, D2 for two more years, D3 after that.
 pub fn npa_class(as_of: BusinessDate, npa_date: BusinessDate) -> AssetClass {
     if as_of < npa_date.add_months(SUBSTANDARD_MONTHS) {

@@ -38,18 +38,18 @@ impl BusinessDate {
         BusinessDate(date)
     }
 
-    /// The chrono date.
+    /// Returns the chrono date.
     pub const fn naive(self) -> NaiveDate {
         self.0
     }
 
-    /// The IST calendar date of an instant.
+    /// Returns the IST calendar date of an instant.
     pub fn of_instant<Tz: TimeZone>(instant: &DateTime<Tz>) -> Self {
         let ist = FixedOffset::east_opt(IST_OFFSET_SECONDS).expect("IST offset is valid");
         BusinessDate(instant.with_timezone(&ist).date_naive())
     }
 
-    /// The date `days` later (earlier when negative).
+    /// Returns the date `days` later (earlier when negative).
     pub fn add_days(self, days: i64) -> Self {
         let date = if days >= 0 {
             self.0.checked_add_days(Days::new(days as u64))
@@ -59,12 +59,12 @@ impl BusinessDate {
         BusinessDate(date.expect("business date stays within chrono's range"))
     }
 
-    /// The next calendar day.
+    /// Returns the next calendar day.
     pub fn succ(self) -> Self {
         self.add_days(1)
     }
 
-    /// The previous calendar day.
+    /// Returns the previous calendar day.
     pub fn pred(self) -> Self {
         self.add_days(-1)
     }
@@ -74,7 +74,7 @@ impl BusinessDate {
         (self.0 - earlier.0).num_days()
     }
 
-    /// The same day `months` later, clamped to the end of a shorter month
+    /// Returns the same day `months` later, clamped to the end of a shorter month
     /// (31 January plus one month is 28 or 29 February).
     pub fn add_months(self, months: u32) -> Self {
         BusinessDate(
@@ -99,12 +99,12 @@ impl BusinessDate {
         self.0.day()
     }
 
-    /// Whether the date is the last day of its month.
+    /// Checks whether the date is the last day of its month.
     pub fn is_month_end(self) -> bool {
         self.succ().day() == 1
     }
 
-    /// The last day of the date's month.
+    /// Returns the last day of the date's month.
     pub fn month_end(self) -> Self {
         let first =
             BusinessDate::from_ymd(self.year(), self.month(), 1).expect("first of month exists");
@@ -117,7 +117,7 @@ impl BusinessDate {
         (self.0 - epoch).num_days() as i32
     }
 
-    /// The date `days` after 1970-01-01.
+    /// Returns the date `days` after 1970-01-01.
     pub fn from_epoch_days(days: i32) -> Self {
         let epoch = BusinessDate(NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch exists"));
         epoch.add_days(i64::from(days))

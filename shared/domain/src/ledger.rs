@@ -7,7 +7,7 @@ use crate::date::BusinessDate;
 use crate::money::Paise;
 use crate::schedule::Schedule;
 
-/// A repayment as the ledger sees it.
+/// A repayment as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     /// The lender's payment id, unique within the loan.
@@ -21,7 +21,7 @@ pub struct Payment {
     pub reversed_on: Option<BusinessDate>,
 }
 
-/// Where a loan stands at the end of one business date.
+/// A loan's arrears and balance at the end of one business date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     /// Due date of the oldest instalment due on or before the date and not
@@ -31,7 +31,7 @@ pub struct Position {
     pub overdue: Paise,
     /// Principal not yet repaid.
     pub outstanding_principal: Paise,
-    /// Payments received beyond everything the schedule asks for.
+    /// Payments received beyond everything the schedule requires.
     pub excess: Paise,
 }
 
@@ -83,7 +83,7 @@ pub struct LoanLedger {
 }
 
 impl LoanLedger {
-    /// A ledger with no charges and no payments.
+    /// Creates a ledger with no charges and no payments.
     pub fn new(schedule: Schedule) -> Self {
         LoanLedger {
             schedule,
@@ -92,7 +92,7 @@ impl LoanLedger {
         }
     }
 
-    /// The sanctioned principal.
+    /// Returns the sanctioned principal.
     pub fn principal(&self) -> Paise {
         self.schedule.instalments.iter().map(|i| i.principal).sum()
     }
@@ -142,7 +142,7 @@ impl LoanLedger {
         Some(payment.value_date)
     }
 
-    /// Whether a payment with this id is recorded.
+    /// Checks whether a payment with this id is recorded.
     pub fn has_payment(&self, payment_id: &str) -> bool {
         self.payments.iter().any(|p| p.payment_id == payment_id)
     }
@@ -177,12 +177,12 @@ impl LoanLedger {
         }
     }
 
-    /// The position at the end of `as_of`.
+    /// Computes the position at the end of `as_of`.
     pub fn position(&self, as_of: BusinessDate) -> Position {
         self.index().position(as_of)
     }
 
-    /// The split of payments valued on or before `as_of` over the instalments.
+    /// Splits the payments valued on or before `as_of` over the instalments.
     pub fn allocation(&self, as_of: BusinessDate) -> Vec<InstalmentAllocation> {
         let mut remaining = self.index().paid_through(as_of);
         let mut rows = Vec::with_capacity(self.schedule.instalments.len());
@@ -229,7 +229,7 @@ impl LedgerIndex<'_> {
         }
     }
 
-    /// The position at the end of `as_of`.
+    /// Computes the position at the end of `as_of`.
     pub fn position(&self, as_of: BusinessDate) -> Position {
         let instalments = &self.ledger.schedule.instalments;
         let paid = self.paid_through(as_of);

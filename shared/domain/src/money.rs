@@ -51,27 +51,27 @@ impl Paise {
         Paise(rupees * 100)
     }
 
-    /// The amount in paise.
+    /// Returns the amount in paise.
     pub const fn as_paise(self) -> i64 {
         self.0
     }
 
-    /// Whether the amount is below zero.
+    /// Checks whether the amount is below zero.
     pub const fn is_negative(self) -> bool {
         self.0 < 0
     }
 
-    /// Whether the amount is above zero.
+    /// Checks whether the amount is above zero.
     pub const fn is_positive(self) -> bool {
         self.0 > 0
     }
 
-    /// The smaller of two amounts.
+    /// Returns the smaller of two amounts.
     pub fn min(self, other: Paise) -> Paise {
         Paise(self.0.min(other.0))
     }
 
-    /// The larger of two amounts.
+    /// Returns the larger of two amounts.
     pub fn max(self, other: Paise) -> Paise {
         Paise(self.0.max(other.0))
     }

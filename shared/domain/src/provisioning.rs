@@ -21,7 +21,7 @@ use crate::money::Paise;
 /// Basis points in 100%.
 pub const FULL: i64 = 10_000;
 
-/// Which provisioning table applies.
+/// The provisioning table that applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProvisioningRegime {
@@ -66,7 +66,7 @@ pub struct Provision {
 }
 
 impl ProvisioningPolicy {
-    /// The (secured part, unsecured part) rates of a class in basis points.
+    /// Returns the (secured part, unsecured part) rates of a class in basis points.
     pub fn rates_bp(&self, class: AssetClass, unsecured_exposure: bool) -> (i64, i64) {
         use AssetClass::*;
         use ProvisioningRegime::*;
@@ -85,7 +85,7 @@ impl ProvisioningPolicy {
         }
     }
 
-    /// The provision on `outstanding` in `class`, of which `secured_value` is
+    /// Computes the provision on `outstanding` in `class`, of which `secured_value` is
     /// covered by security. Below doubtful the one rate applies to the whole
     /// outstanding; from doubtful on, the secured part and the rest get their
     /// own rates.
@@ -110,7 +110,7 @@ impl ProvisioningPolicy {
     }
 }
 
-/// Whether security worth `secured_value` makes a loan of `principal` an
+/// Checks whether security worth `secured_value` makes a loan of `principal` an
 /// unsecured exposure: security at most 10% of the amount from the start.
 pub fn is_unsecured_exposure(principal: Paise, secured_value: Paise) -> bool {
     i128::from(secured_value.as_paise()) * 10 <= i128::from(principal.as_paise())

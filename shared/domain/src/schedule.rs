@@ -13,10 +13,10 @@ const MONTHLY_RATE_DENOMINATOR: i128 = 12 * 100 * RATE_UNITS_PER_PERCENT as i128
 /// Fixed-point scale for the annuity factor.
 const SCALE: i128 = 1_000_000_000_000_000_000;
 
-/// The longest tenor accepted, in months (50 years).
+/// The maximum tenor accepted, in months (50 years).
 pub const MAX_TENOR_MONTHS: u32 = 600;
 
-/// How due dates fall in months shorter than the first due date's day.
+/// The rule for due dates in months shorter than the first due date's day.
 ///
 /// This is a product setting: lenders differ, and RBI prescribes neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ pub enum DueDayRule {
 }
 
 impl DueDayRule {
-    /// The due date of instalment `number` (1-based) given the first one.
+    /// Computes the due date of instalment `number` (1-based) from the first one.
     pub fn due_date(self, first_due: BusinessDate, number: u32) -> BusinessDate {
         let shifted = first_due.add_months(number - 1);
         match self {
@@ -141,7 +141,7 @@ impl Schedule {
     }
 }
 
-/// One month's interest on `balance`, rounded half-up to the paisa.
+/// Computes one month's interest on `balance`, rounded half-up to the paisa.
 pub fn monthly_interest(balance: Paise, rate: AnnualRate) -> Paise {
     Paise::new(div_round_half_up(
         i128::from(balance.as_paise()) * i128::from(rate.units()),
@@ -149,7 +149,7 @@ pub fn monthly_interest(balance: Paise, rate: AnnualRate) -> Paise {
     ) as i64)
 }
 
-/// The EMI `P·r / (1 − (1 + r)^−n)` with `r` the monthly rate, rounded
+/// Computes the EMI `P·r / (1 − (1 + r)^−n)` with `r` the monthly rate, rounded
 /// half-up to the paisa; `P / n` when the rate is zero.
 pub fn emi(principal: Paise, rate: AnnualRate, tenor_months: u32) -> Paise {
     let p = i128::from(principal.as_paise());

@@ -32,7 +32,7 @@ pub enum EventError {
     InvalidField {
         /// The field's name.
         field: String,
-        /// What is wrong and what is allowed.
+        /// The problem and the values allowed.
         reason: String,
     },
     /// The event type is not in the catalogue.
@@ -48,7 +48,7 @@ pub enum EventError {
     InvalidPayload {
         /// The event type.
         event_type: &'static str,
-        /// What is wrong and what is allowed.
+        /// The problem and the values allowed.
         reason: String,
     },
     /// The event is larger than a queue message may be.
@@ -63,7 +63,7 @@ pub enum EventError {
     },
 }
 
-/// What an input event must contain, appended to parse errors.
+/// The fields of an input event, appended to parse errors.
 pub(crate) const EVENT_FIELDS_HELP: &str = "an input event is one JSON object with id, type, occurred_at, payload and optionally business_date";
 
 /// The JSON envelope of every event.
@@ -143,7 +143,7 @@ impl Envelope {
         Ok(envelope)
     }
 
-    /// The known type of the event.
+    /// Looks up the event's type in the catalogue.
     pub fn known_type(&self) -> Result<EventType, EventError> {
         EventType::from_name(&self.event_type).ok_or_else(|| EventError::UnknownType {
             value: self.event_type.clone(),
@@ -151,7 +151,7 @@ impl Envelope {
         })
     }
 
-    /// The payload parsed as its type.
+    /// Parses the payload as its type.
     pub fn typed(&self) -> Result<EventPayload, EventError> {
         let event_type = self.known_type()?;
         EventPayload::parse(event_type, &self.payload).map_err(|reason| {
@@ -190,7 +190,7 @@ impl Envelope {
         }
     }
 
-    /// The event as compact JSON with sorted keys, signature included.
+    /// Serialises the event as compact JSON with sorted keys, signature included.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&serde_json::to_value(self).expect("envelope serialises"))
             .expect("envelope serialises")
@@ -203,7 +203,7 @@ impl Envelope {
     }
 }
 
-/// The canonical bytes of an event: compact JSON of every field except
+/// Serialises an event to its canonical bytes: compact JSON of every field except
 /// `signature` and `key_id`, with object keys sorted at every level. These
 /// are the bytes a signature covers and the audit ledger hashes.
 pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {

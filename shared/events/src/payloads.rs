@@ -5,7 +5,7 @@ use underwrite_domain::{AnnualRate, AssetClass, BusinessDate, Paise};
 
 use crate::ids::{BorrowerId, EventId, LoanId, PaymentId};
 
-/// The event types this crate knows, with their wire names.
+/// The event types of the catalogue, with their wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     /// `loan.disbursed`
@@ -44,7 +44,7 @@ impl EventType {
         EventType::DayClosed,
     ];
 
-    /// The wire name, such as `loan.disbursed`.
+    /// Returns the wire name, such as `loan.disbursed`.
     pub const fn as_str(self) -> &'static str {
         match self {
             EventType::LoanDisbursed => "loan.disbursed",
@@ -62,7 +62,7 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
-    /// The wire names of every known type, comma-separated, for messages.
+    /// Lists the wire names of every known type, comma-separated, for messages.
     pub fn known_names() -> String {
         EventType::ALL.map(|t| t.as_str()).join(", ")
     }
@@ -215,7 +215,7 @@ pub enum EventPayload {
 }
 
 impl EventPayload {
-    /// The payload's event type.
+    /// Returns the payload's event type.
     pub fn event_type(&self) -> EventType {
         match self {
             EventPayload::LoanDisbursed(_) => EventType::LoanDisbursed,
@@ -228,7 +228,7 @@ impl EventPayload {
         }
     }
 
-    /// The payload as JSON.
+    /// Serialises the payload to JSON.
     pub fn to_value(&self) -> serde_json::Value {
         let value = match self {
             EventPayload::LoanDisbursed(p) => serde_json::to_value(p),

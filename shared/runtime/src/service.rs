@@ -6,7 +6,7 @@ use underwrite_events::Envelope;
 
 use crate::store::{StateWrite, Store, StoreError};
 
-/// What a handler needs besides the event.
+/// The store and identity a handler uses besides the event.
 pub struct Context<'a> {
     /// State reads.
     pub store: &'a dyn Store,
@@ -33,7 +33,7 @@ pub enum HandlerError {
     Retryable {
         /// A fixed, low-cardinality code for logs and metrics.
         code: &'static str,
-        /// What failed, on which value, and what to do.
+        /// The failure, the value involved and the next step to take.
         message: String,
     },
     /// No retry can help: an invalid event or a rule violation. The record
@@ -42,13 +42,13 @@ pub enum HandlerError {
     Permanent {
         /// A fixed, low-cardinality code for logs and metrics.
         code: &'static str,
-        /// What failed, on which value, and what to do.
+        /// The failure, the value involved and the next step to take.
         message: String,
     },
 }
 
 impl HandlerError {
-    /// A retryable error.
+    /// Creates a retryable error.
     pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
         HandlerError::Retryable {
             code,
@@ -56,7 +56,7 @@ impl HandlerError {
         }
     }
 
-    /// A permanent error.
+    /// Creates a permanent error.
     pub fn permanent(code: &'static str, message: impl Into<String>) -> Self {
         HandlerError::Permanent {
             code,
@@ -64,14 +64,14 @@ impl HandlerError {
         }
     }
 
-    /// The error's code.
+    /// Returns the error's code.
     pub fn code(&self) -> &'static str {
         match self {
             HandlerError::Retryable { code, .. } | HandlerError::Permanent { code, .. } => code,
         }
     }
 
-    /// Whether a retry can help.
+    /// Checks whether a retry can help.
     pub fn is_retryable(&self) -> bool {
         matches!(self, HandlerError::Retryable { .. })
     }
@@ -96,10 +96,10 @@ impl From<StoreError> for HandlerError {
 /// A service: a name, the event types it subscribes to, and a handler.
 #[async_trait]
 pub trait Service: Send + Sync {
-    /// The service's name, such as `npa`; also its queue's name.
+    /// Returns the service's name, such as `npa`, which is also its queue's name.
     fn name(&self) -> &'static str;
 
-    /// The event types it handles; `*` subscribes to every type.
+    /// Returns the event types it handles, where `*` subscribes to every type.
     fn subscriptions(&self) -> &'static [&'static str];
 
     /// Handles one event. Must be deterministic in the event and the state
