@@ -84,8 +84,8 @@ impl Harness {
                 .expect("scan");
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            for (_, read) in page {
-                let entry: Entry = serde_json::from_value(read.value).expect("entry");
+            for (key, read) in page {
+                let entry: Entry = read.parse(&key).expect("entry");
                 events.push(entry.event);
             }
         }

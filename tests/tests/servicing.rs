@@ -389,15 +389,11 @@ async fn audit_chain_verifies_and_names_tampering() {
 
     let store: &dyn Store = harness.store();
     let key = underwrite_audit::entry_key(5);
-    let mut entry = store.get(&key).await.unwrap().unwrap().value;
+    let mut entry: Value = store.get(&key).await.unwrap().unwrap().parse(&key).unwrap();
     entry["event"]["subject"] = Value::String("tampered".into());
     harness
         .store()
-        .write_direct(&[underwrite_runtime::StateWrite {
-            key,
-            value: Some(entry),
-            expected: underwrite_runtime::Expected::Any,
-        }])
+        .write_direct(&[underwrite_runtime::StateWrite::put_any(key, &entry)])
         .unwrap();
     let verification = underwrite_audit::verify(harness.store()).await.unwrap();
     let (seq, reason) = verification.first_broken.unwrap();

@@ -91,16 +91,12 @@ impl Service for Audit {
         let mut outcome = Outcome::default();
         // The head write is conditional on the version read, so two appends
         // racing for the same sequence number cannot both commit.
-        outcome.writes.push(StateWrite::put(
-            HEAD_KEY,
-            serde_json::to_value(Head { seq, hash }).expect("head serialises"),
-            &read,
-        ));
-        outcome.writes.push(StateWrite::put(
-            entry_key(seq),
-            serde_json::to_value(&entry).expect("entry serialises"),
-            &None,
-        ));
+        outcome
+            .writes
+            .push(StateWrite::put(HEAD_KEY, &Head { seq, hash }, &read));
+        outcome
+            .writes
+            .push(StateWrite::put(entry_key(seq), &entry, &None));
         Ok(outcome)
     }
 }
@@ -133,7 +129,7 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
                 entries: checked,
                 first_broken: Some((expected_seq, reason)),
             };
-            let entry: Entry = match serde_json::from_value(versioned.value.clone()) {
+            let entry: Entry = match versioned.parse(key) {
                 Ok(entry) => entry,
                 Err(error) => {
                     return Ok(broken(format!(
@@ -166,7 +162,7 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
         }
     }
     let head = store.get(HEAD_KEY).await?;
-    let head: Option<Head> = head.and_then(|v| serde_json::from_value(v.value).ok());
+    let head: Option<Head> = head.and_then(|v| v.parse(HEAD_KEY).ok());
     let head_ok = match &head {
         None => checked == 0,
         Some(head) => head.seq == checked && head.hash == prev_hash,

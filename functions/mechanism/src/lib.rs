@@ -250,9 +250,7 @@ impl Service for Mechanism {
                 let key = loan_key(terms.loan_id.as_str());
                 let (existing, read) = read_state::<LoanRecord>(context.store, &key).await?;
                 if let Some(record) = disburse(&self.products, terms, existing)? {
-                    outcome
-                        .writes
-                        .push(StateWrite::put(key, to_value(&record), &read));
+                    outcome.writes.push(StateWrite::put(key, &record, &read));
                 }
             }
             EventPayload::RepaymentReceived(RepaymentReceived { loan_id, .. })
@@ -262,9 +260,7 @@ impl Service for Mechanism {
                 let mut record =
                     existing.ok_or_else(|| loan_not_found(loan_id.as_str(), &event.event_type))?;
                 if apply_to_record(&mut record, &payload)? {
-                    outcome
-                        .writes
-                        .push(StateWrite::put(key, to_value(&record), &read));
+                    outcome.writes.push(StateWrite::put(key, &record, &read));
                 }
             }
             _ => {
@@ -279,8 +275,4 @@ impl Service for Mechanism {
         }
         Ok(outcome)
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("state types serialise to JSON")
 }

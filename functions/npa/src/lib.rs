@@ -99,7 +99,7 @@ pub struct BorrowerBook {
 }
 
 impl BorrowerBook {
-    fn facilities(&self) -> BTreeMap<String, Facility> {
+    fn facilities(&self) -> BTreeMap<String, Facility<'_>> {
         self.loans
             .iter()
             .map(|(id, record)| {
@@ -107,7 +107,7 @@ impl BorrowerBook {
                     id.clone(),
                     Facility {
                         disbursed_on: record.terms.disbursed_on,
-                        ledger: record.ledger.clone(),
+                        ledger: &record.ledger,
                         loss_identified: false,
                     },
                 )
@@ -410,15 +410,15 @@ impl Npa {
         );
         effects.outcome.writes.push(StateWrite::put(
             loan_key(terms.loan_id.as_str()),
-            to_value(&LoanIndex {
+            &LoanIndex {
                 borrower_id: borrower_id.to_string(),
-            }),
+            },
             &index_read,
         ));
         effects
             .outcome
             .writes
-            .push(StateWrite::put(key, to_value(&book), &book_read));
+            .push(StateWrite::put(key, &book, &book_read));
         Ok(())
     }
 
@@ -468,7 +468,7 @@ impl Npa {
         effects
             .outcome
             .writes
-            .push(StateWrite::put(key, to_value(&book), &book_read));
+            .push(StateWrite::put(key, &book, &book_read));
         Ok(())
     }
 
@@ -499,13 +499,13 @@ impl Npa {
             effects
                 .outcome
                 .writes
-                .push(StateWrite::put(key, to_value(&book), &read));
+                .push(StateWrite::put(key, &book, &read));
         }
         effects.outcome.writes.push(StateWrite::put(
             CALENDAR_KEY,
-            to_value(&Calendar {
+            &Calendar {
                 closed_through: date,
-            }),
+            },
             &calendar_read,
         ));
         Ok(())
@@ -518,7 +518,7 @@ impl Npa {
         for (date, borrowers) in additions {
             for borrower_id in borrowers {
                 let key = agenda_key(date, &borrower_id);
-                let value = serde_json::json!({});
+                let value = "{}".to_string();
                 match effects.outcome.writes.iter_mut().find(|w| w.key == key) {
                     Some(existing) => existing.value = Some(value),
                     None => effects.outcome.writes.push(StateWrite {
@@ -601,7 +601,7 @@ pub async fn all_books(store: &dyn Store) -> Result<Vec<(String, BorrowerBook)>,
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (key, read) in page {
-            let book: BorrowerBook = serde_json::from_value(read.value).map_err(|error| {
+            let book: BorrowerBook = read.parse(&key).map_err(|error| {
                 HandlerError::permanent(
                     "store_corrupt",
                     format!("stored value at key {key:?} is not a borrower book: {error}"),
@@ -670,8 +670,4 @@ impl Service for Npa {
         self.write_agenda(&mut effects);
         Ok(effects.outcome)
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("state types serialise to JSON")
 }

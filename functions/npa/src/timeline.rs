@@ -12,15 +12,14 @@ use underwrite_domain::{AssetClass, BusinessDate, ClassificationPolicy, LoanLedg
 /// (at most 24 months away).
 const LOOKAHEAD_DAYS: i64 = 800;
 
-/// One facility as the npa service keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Facility {
+/// One facility of a borrower, borrowed from the npa service's loan records.
+#[derive(Debug, Clone, Copy)]
+pub struct Facility<'a> {
     /// Disbursal date; the facility counts from this date on.
     pub disbursed_on: BusinessDate,
     /// Schedule and payments.
-    pub ledger: LoanLedger,
+    pub ledger: &'a LoanLedger,
     /// Identified as a loss by the lender, its auditor or RBI.
-    #[serde(default)]
     pub loss_identified: bool,
 }
 
@@ -114,7 +113,7 @@ pub struct Walk {
 /// its state; the caller must know that no ledger entry before that day
 /// changed since the checkpoint was taken.
 pub fn walk(
-    facilities: &BTreeMap<String, Facility>,
+    facilities: &BTreeMap<String, Facility<'_>>,
     policy: &ClassificationPolicy,
     through: BusinessDate,
     mut history: Option<&mut BTreeMap<String, Vec<(BusinessDate, u32)>>>,

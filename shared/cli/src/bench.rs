@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Loans in the generated day-end book.
     #[arg(long, default_value_t = 1_000_000)]
     pub loans: usize,
+    /// Records per batch for the services; by default `queues.batch_size` from the config.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
     /// The applicants CSV.
     #[arg(long, default_value = "examples/german_credit/german_credit.csv")]
     pub csv: std::path::PathBuf,
@@ -31,9 +34,9 @@ pub struct BenchArgs {
 /// the embedded store's pragmas: the floor any durable queue pays.
 fn raw_sqlite(path: &Path, bodies: &[String]) -> anyhow::Result<f64> {
     let connection = Connection::open(path)?;
+    connection.execute_batch(underwrite_runtime::sqlite::PRAGMAS)?;
     connection.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-         CREATE TABLE q (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
+        "CREATE TABLE q (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
     )?;
     let started = Instant::now();
     for body in bodies {
@@ -69,10 +72,17 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
 
     // Services: publish, then run until every queue is empty.
     let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("pipeline.db"))?);
-    let runtime = EmbeddedRuntime::new(store, crate::services::all(config), config.queues);
+    let mut config = config.clone();
+    if let Some(batch_size) = args.batch_size {
+        config.queues.batch_size = batch_size;
+        config.validate().context("--batch-size is out of range")?;
+    }
+    let queues = config.queues;
+    let runtime = EmbeddedRuntime::new(store, crate::services::all(&config), queues);
     eprintln!(
-        "bench: pushing {} events through mechanism, npa and audit...",
-        events.len()
+        "bench: pushing {} events through mechanism, npa and audit in batches of {}...",
+        events.len(),
+        queues.batch_size
     );
     let started = Instant::now();
     runtime.publish(&events)?;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use underwrite_runtime::{
-    EmbeddedRuntime, Expected, Progress, RunOptions, SqliteStore, StateWrite, Store,
-};
+use underwrite_runtime::{EmbeddedRuntime, Progress, RunOptions, SqliteStore, StateWrite, Store};
 
 use crate::config::Config;
 
@@ -151,11 +149,7 @@ pub async fn publish_input(
         "events": file.events.len(),
         "rejected": file.rejected.len(),
     });
-    let write = StateWrite {
-        key: marker_key,
-        value: Some(record),
-        expected: Expected::Any,
-    };
+    let write = StateWrite::put_any(marker_key, &record);
     runtime.publish_with(&file.events, &[write])?;
     Ok(file.events.len())
 }

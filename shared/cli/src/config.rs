@@ -73,9 +73,9 @@ impl Config {
     /// Checks the values that their types alone do not bound.
     pub fn validate(&self) -> anyhow::Result<()> {
         let q = &self.queues;
-        if !(1..=10).contains(&q.batch_size) {
+        if !(1..=10_000).contains(&q.batch_size) {
             bail!(
-                "queues.batch_size is {}: allowed values are 1 to 10, as for SQS",
+                "queues.batch_size is {}: allowed values are 1 to 10000, as for Lambda's SQS event source mapping",
                 q.batch_size
             );
         }

@@ -61,7 +61,8 @@ pub async fn load_loans(store: &dyn Store) -> anyhow::Result<Vec<LoanRecord>> {
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (key, read) in page {
-            let record: LoanRecord = serde_json::from_value(read.value)
+            let record: LoanRecord = read
+                .parse(&key)
                 .with_context(|| format!("stored value at key {key:?} is not a loan record"))?;
             loans.push(record);
         }

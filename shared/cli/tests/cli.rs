@@ -180,13 +180,13 @@ fn invalid_config_names_key_and_value() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("underwrite.json"),
-        r#"{"queues":{"visibility_timeout_ms":10,"max_receive_count":5,"batch_size":50}}"#,
+        r#"{"queues":{"visibility_timeout_ms":10,"max_receive_count":5,"batch_size":20000}}"#,
     )
     .unwrap();
     let output = underwrite(dir.path(), &["health"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        text(&output).contains("queues.batch_size is 50: allowed values are 1 to 10"),
+        text(&output).contains("queues.batch_size is 20000: allowed values are 1 to 10000"),
         "{}",
         text(&output)
     );

@@ -192,8 +192,7 @@ impl Envelope {
 
     /// Serialises the event as compact JSON with sorted keys, signature included.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&serde_json::to_value(self).expect("envelope serialises"))
-            .expect("envelope serialises")
+        serde_json::to_string(&SortedView::of(self, true)).expect("envelope serialises")
     }
 
     /// `occurred_at` in its canonical text form.
@@ -207,12 +206,49 @@ impl Envelope {
 /// `signature` and `key_id`, with object keys sorted at every level. These
 /// are the bytes a signature covers and the audit ledger hashes.
 pub fn canonical_bytes(envelope: &Envelope) -> Vec<u8> {
-    let mut value = serde_json::to_value(envelope).expect("envelope serialises");
-    if let Some(object) = value.as_object_mut() {
-        object.remove("signature");
-        object.remove("key_id");
+    serde_json::to_vec(&SortedView::of(envelope, false)).expect("envelope serialises")
+}
+
+/// The envelope's fields declared in the order of their JSON names, so that
+/// serialising it writes sorted keys without building a `serde_json::Value`.
+/// The payload is a `Value` already, whose map keeps its keys sorted (the
+/// `preserve_order` feature of serde_json is off).
+#[derive(Serialize)]
+struct SortedView<'a> {
+    business_date: BusinessDate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: Option<&'a EventId>,
+    correlation_id: &'a EventId,
+    id: &'a EventId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    occurred_at: String,
+    payload: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<&'a str>,
+    source: &'a str,
+    subject: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    version: u32,
+}
+
+impl<'a> SortedView<'a> {
+    /// Views `envelope`, with or without its signature and key id.
+    fn of(envelope: &'a Envelope, signed: bool) -> Self {
+        SortedView {
+            business_date: envelope.business_date,
+            causation_id: envelope.causation_id.as_ref(),
+            correlation_id: &envelope.correlation_id,
+            id: &envelope.id,
+            key_id: envelope.key_id.as_deref().filter(|_| signed),
+            occurred_at: envelope.occurred_at_text(),
+            payload: &envelope.payload,
+            signature: envelope.signature.as_deref().filter(|_| signed),
+            source: &envelope.source,
+            subject: &envelope.subject,
+            event_type: &envelope.event_type,
+            version: envelope.version,
+        }
     }
-    // serde_json's map is a BTreeMap unless its `preserve_order` feature is
-    // enabled, so keys come out sorted.
-    serde_json::to_vec(&value).expect("JSON value serialises")
 }

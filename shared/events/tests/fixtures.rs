@@ -46,6 +46,11 @@ fn canonical_bytes_leave_out_signature() {
     envelope.signature = Some("c2ln".into());
     envelope.key_id = Some("npa-1".into());
     assert_eq!(canonical_bytes(&envelope), unsigned);
+    // The full form keeps the signature, with its keys sorted too.
+    let signed = envelope.to_json();
+    assert_eq!(signed.as_bytes(), sorted_compact(&signed).as_slice());
+    assert!(signed.contains(r#""key_id":"npa-1","#), "{signed}");
+    assert!(signed.contains(r#""signature":"c2ln","#), "{signed}");
 }
 
 #[test]

@@ -118,10 +118,10 @@ pub async fn read_state<T: serde::de::DeserializeOwned>(
 ) -> Result<(Option<T>, Option<crate::store::Versioned>), HandlerError> {
     let read = store.get(key).await?;
     let parsed = match &read {
-        Some(versioned) => Some(T::deserialize(&versioned.value).map_err(|error| {
+        Some(versioned) => Some(versioned.parse(key).map_err(|error| {
             HandlerError::permanent(
                 "store_corrupt",
-                format!("stored value at key {key:?} does not match its type: {error}"),
+                format!("stored value does not match its type: {error}"),
             )
         })?),
         None => None,

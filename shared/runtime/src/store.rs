@@ -1,16 +1,31 @@
 //! The key-value store contract shared by the embedded and AWS stores.
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// A stored value with its version, for optimistic concurrency.
+///
+/// The value stays JSON text until a reader parses it into its own type, so
+/// that no intermediate `serde_json::Value` is built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned {
-    /// The value.
-    pub value: Value,
+    /// The value as JSON text.
+    pub json: String,
     /// 1 after the first write, incremented by each update.
     pub version: u64,
+}
+
+impl Versioned {
+    /// Parses the value into `T`. A failure means the stored value does not
+    /// match the type the reader expects.
+    pub fn parse<T: DeserializeOwned>(&self, key: &str) -> Result<T, StoreError> {
+        serde_json::from_str(&self.json).map_err(|error| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: error.to_string(),
+        })
+    }
 }
 
 /// The condition a write puts on the key's current version.
@@ -39,19 +54,32 @@ impl Expected {
 pub struct StateWrite {
     /// The key.
     pub key: String,
-    /// The new value, or `None` to delete the key.
-    pub value: Option<Value>,
+    /// The new value as JSON text, or `None` to delete the key.
+    pub value: Option<String>,
     /// The condition on the current version.
     pub expected: Expected,
 }
 
 impl StateWrite {
     /// Puts `value` at `key` if the key is still as `read` found it.
-    pub fn put(key: impl Into<String>, value: Value, read: &Option<Versioned>) -> Self {
+    pub fn put<T: Serialize + ?Sized>(
+        key: impl Into<String>,
+        value: &T,
+        read: &Option<Versioned>,
+    ) -> Self {
         StateWrite {
             key: key.into(),
-            value: Some(value),
+            value: Some(to_json(value)),
             expected: Expected::from_read(read),
+        }
+    }
+
+    /// Puts `value` at `key` with no condition on its current version.
+    pub fn put_any<T: Serialize + ?Sized>(key: impl Into<String>, value: &T) -> Self {
+        StateWrite {
+            key: key.into(),
+            value: Some(to_json(value)),
+            expected: Expected::Any,
         }
     }
 
@@ -63,6 +91,13 @@ impl StateWrite {
             expected: Expected::from_read(read),
         }
     }
+}
+
+/// Serialises a state value. serde_json fails only on a map key that is not
+/// a string and on an error raised by a custom `Serialize`; state types have
+/// neither.
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("state values serialise to JSON")
 }
 
 /// Store failures.
@@ -82,8 +117,8 @@ pub enum StoreError {
     /// The store could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// A stored value is not valid JSON: the store was changed outside
-    /// underwrite.
+    /// A stored value is not valid JSON or not of the type its reader
+    /// expects: the store was changed outside underwrite.
     #[error("corrupt value at key {key:?}: {reason}")]
     Corrupt {
         /// The key.

@@ -49,7 +49,7 @@ impl Service for Probe {
             "conflict" => Ok(Outcome {
                 writes: vec![StateWrite {
                     key: "probe/conflict".into(),
-                    value: Some(json!(1)),
+                    value: Some("1".into()),
                     expected: underwrite_runtime::Expected::Version(41),
                 }],
                 emits: vec![],
@@ -57,7 +57,7 @@ impl Service for Probe {
             _ => Ok(Outcome {
                 writes: vec![StateWrite::put(
                     format!("probe/{payment}"),
-                    json!({"seen": true}),
+                    &json!({"seen": true}),
                     &None,
                 )],
                 emits: vec![],
