@@ -1,4 +1,5 @@
-//! Runtime commands: init, list, migrate, run, dlq, health, audit verify.
+//! Runtime commands: init, list, migrate, run, dlq, health, metrics,
+//! backup, restore, audit verify.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +27,8 @@ pub fn open_runtime(config: &Config) -> anyhow::Result<EmbeddedRuntime> {
         open_store(config)?,
         crate::services::all(config),
         config.queues,
-    ))
+    )
+    .with_resilience(config.resilience()))
 }
 
 pub fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
@@ -36,11 +38,10 @@ pub fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let text = serde_json::to_string_pretty(&Config::default()).expect("config serialises");
-    std::fs::write(path, text + "\n")
+    std::fs::write(path, Config::documented_default())
         .with_context(|| format!("Failed to write {}", path.display()))?;
     println!(
-        "Wrote {}. Every key is described in docs/configuration.md.",
+        "Wrote {}. Each key is described under \"_comments\" and in docs/configuration.md.",
         path.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -187,6 +188,7 @@ pub async fn run_services(
     let options = RunOptions {
         services,
         until_idle,
+        snapshot_as: Some("run"),
         ..RunOptions::default()
     };
     let stop = options.stop.clone();
@@ -302,35 +304,102 @@ pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn health(config: &Config) -> anyhow::Result<ExitCode> {
-    let runtime = match open_runtime(config) {
-        Ok(runtime) => runtime,
+    let store = match open_store(config) {
+        Ok(store) => store,
         Err(error) => {
-            println!("store    FAILED  {error:#}");
+            println!("{:<11} {:<8} {error:#}", "store", "FAILED");
+            println!("summary: FAILED (0 ok, 0 warnings, 1 failed)");
             return Ok(ExitCode::from(1));
         }
     };
-    let store = runtime.store();
-    match store.ping() {
-        Ok(()) => println!(
-            "store    ok      {} (schema version {})",
-            store.path().display(),
-            store.applied_migrations()?.last().copied().unwrap_or(0)
-        ),
-        Err(error) => {
-            println!("store    FAILED  {error}");
-            return Ok(ExitCode::from(1));
+    let latest = store
+        .run_snapshots()
+        .map(|snapshots| crate::health::latest_run(&snapshots))
+        .unwrap_or(None);
+    let checks = crate::health::collect(&store, &crate::services::NAMES, latest);
+    print!("{}", crate::health::render_checks(&checks));
+    Ok(if checks.status == crate::health::Status::Failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Arguments of `underwrite metrics`.
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// Print Prometheus text (format 0.0.4) instead of tables.
+    #[arg(long)]
+    pub prometheus: bool,
+}
+
+/// Prints the counters and timers of every run stored, summed. Each process
+/// that runs services stores its own snapshot (every 5 s and when it stops),
+/// so a run still going counts up to its last snapshot.
+pub fn metrics(config: &Config, args: MetricsArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    let snapshots = store.run_snapshots()?;
+    let mut total = underwrite_runtime::MetricsSnapshot::default();
+    for counter in underwrite_runtime::Counter::ALL {
+        total.counters.insert(counter.name().to_string(), 0);
+    }
+    for snapshot in &snapshots {
+        total.merge(&snapshot.metrics);
+    }
+    if args.prometheus {
+        print!("{}", total.to_prometheus());
+    } else {
+        print!("{}", crate::health::render_metrics(&total, snapshots.len()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `underwrite backup`.
+#[derive(Args)]
+pub struct BackupArgs {
+    /// File to write; must not exist unless --force.
+    pub path: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn backup(config: &Config, args: BackupArgs) -> anyhow::Result<ExitCode> {
+    if args.path.exists() {
+        if !args.force {
+            bail!(
+                "{} already exists; pass --force to replace it or choose another path",
+                args.path.display()
+            );
         }
+        std::fs::remove_file(&args.path)
+            .with_context(|| format!("Failed to remove {}", args.path.display()))?;
     }
-    for service in runtime.services() {
-        let (visible, hidden) = store.queue_depth(service.name())?;
-        println!(
-            "queue    ok      {:<10} {visible} queued, {hidden} in flight",
-            service.name()
-        );
-    }
-    let dead = store.dead_letter_count()?;
-    let status = if dead == 0 { "ok     " } else { "WARNING" };
-    println!("dlq      {status} {dead} dead letters");
+    let store = open_store(config)?;
+    store.backup_to(&args.path)?;
+    println!(
+        "Backed up {} to {}.",
+        config.store_path.display(),
+        args.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `underwrite restore`.
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Backup file written by `underwrite backup`.
+    pub path: PathBuf,
+}
+
+pub fn restore(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(config)?;
+    store.restore_from(&args.path)?;
+    println!(
+        "Restored {} from {}.",
+        config.store_path.display(),
+        args.path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

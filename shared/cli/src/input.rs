@@ -34,6 +34,18 @@ pub fn read(path: &Path) -> anyhow::Result<InputFile> {
     let digest = sha256_hex(&bytes);
     let text = String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("input file {} is not UTF-8: {e}", path.display()))?;
+    let (events, rejected) = parse_lines(&text);
+    Ok(InputFile {
+        events,
+        rejected,
+        digest,
+    })
+}
+
+/// Parses every line of `text` as an input event; blank lines are skipped.
+/// Ids must be unique within the text: a repeated id is rejected on its
+/// later line.
+pub fn parse_lines(text: &str) -> (Vec<Envelope>, Vec<Rejected>) {
     let mut events = Vec::new();
     let mut rejected = Vec::new();
     let mut seen = std::collections::HashMap::new();
@@ -62,11 +74,7 @@ pub fn read(path: &Path) -> anyhow::Result<InputFile> {
             }),
         }
     }
-    Ok(InputFile {
-        events,
-        rejected,
-        digest,
-    })
+    (events, rejected)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -7,7 +7,9 @@ mod commands;
 mod config;
 mod dayend;
 mod example;
+mod health;
 mod input;
+mod serve;
 mod services;
 
 use std::path::PathBuf;
@@ -64,8 +66,16 @@ enum Command {
     Run(commands::RunArgs),
     /// List dead letters, or move them back to their queues.
     Dlq(commands::DlqArgs),
-    /// Check the store, queue depths and dead letters.
+    /// Check the bus, the store and its circuit, each service and the supervisor.
     Health,
+    /// Print the counters and handling timers recorded by every run on this store.
+    Metrics(commands::MetricsArgs),
+    /// Serve HTTP: ingest events, run the services, report health and metrics.
+    Serve(serve::ServeArgs),
+    /// Copy the store to a new file with SQLite's online backup.
+    Backup(commands::BackupArgs),
+    /// Replace the store with a backup; stop `serve` and `run` first.
+    Restore(commands::RestoreArgs),
     /// Run the day-end job (DPD, class and provision of every loan) for a date or a range.
     DayEnd(dayend::DayEndArgs),
     /// Build a report.
@@ -155,6 +165,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run(args) => commands::run(&config, args).await,
         Command::Dlq(args) => commands::dlq(&config, args),
         Command::Health => commands::health(&config),
+        Command::Metrics(args) => commands::metrics(&config, args),
+        Command::Serve(args) => serve::serve(&config, args).await,
+        Command::Backup(args) => commands::backup(&config, args),
+        Command::Restore(args) => commands::restore(&config, args),
         Command::DayEnd(args) => dayend::day_end(&config, args).await,
         Command::Report {
             report: ReportCommand::Npa(args),

@@ -10,10 +10,17 @@ use futures_util::FutureExt;
 use tracing::{Instrument, debug, info_span, warn};
 use underwrite_events::Envelope;
 
+use crate::clock::{Clock, SystemClock};
+use crate::metrics::{Counter, Metrics};
 use crate::queue::{QueueSettings, ReceivedMessage};
+use crate::resilience::{HealthReport, ResilienceSettings, RuntimeHealth, SupervisorState};
 use crate::service::{Context, HandlerError, Service};
 use crate::sqlite::{CommitResult, SqliteStore, now_ms};
+use crate::sqlite_ops::RunSnapshot;
 use crate::store::StoreError;
+
+/// How often a run stores its metrics and health snapshot.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Counts of one run, reported to the progress callback.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +50,9 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Time between polls of an empty queue when not stopping at idle.
     pub poll_interval: Duration,
+    /// The command name stored with the run's metrics snapshot, such as
+    /// `run` or `serve`; `None` stores no snapshot.
+    pub snapshot_as: Option<&'static str>,
 }
 
 impl Default for RunOptions {
@@ -52,6 +62,7 @@ impl Default for RunOptions {
             until_idle: true,
             stop: Arc::new(AtomicBool::new(false)),
             poll_interval: Duration::from_millis(200),
+            snapshot_as: None,
         }
     }
 }
@@ -77,6 +88,11 @@ pub struct EmbeddedRuntime {
     store: Arc<SqliteStore>,
     services: Vec<Arc<dyn Service>>,
     settings: QueueSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<RuntimeHealth>,
+    clock: Arc<dyn Clock>,
+    run_id: String,
+    started_ms: i64,
 }
 
 impl EmbeddedRuntime {
@@ -86,10 +102,62 @@ impl EmbeddedRuntime {
         services: Vec<Arc<dyn Service>>,
         settings: QueueSettings,
     ) -> Self {
+        let names: Vec<&'static str> = services.iter().map(|s| s.name()).collect();
         EmbeddedRuntime {
             store,
             services,
             settings,
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(RuntimeHealth::new(&names, ResilienceSettings::default())),
+            clock: Arc::new(SystemClock),
+            run_id: uuid::Uuid::now_v7().to_string(),
+            started_ms: now_ms(),
+        }
+    }
+
+    /// Replaces the clock that backoff and circuit breakers read.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Replaces the supervisor and circuit breaker settings, resetting their
+    /// state.
+    pub fn with_resilience(mut self, settings: ResilienceSettings) -> Self {
+        let names: Vec<&'static str> = self.services.iter().map(|s| s.name()).collect();
+        self.health = Arc::new(RuntimeHealth::new(&names, settings));
+        self
+    }
+
+    /// Returns this process's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Returns the circuits and supervisors as they stand now.
+    pub fn health_report(&self) -> HealthReport {
+        self.health.report(self.clock.now_ms())
+    }
+
+    /// Stores this runtime's metrics and health under its run id, so that
+    /// another process can report them.
+    pub fn save_snapshot(&self, command: &str) -> Result<(), StoreError> {
+        let result = self.store.save_run_snapshot(&RunSnapshot {
+            run_id: self.run_id.clone(),
+            command: command.to_string(),
+            pid: std::process::id(),
+            started_ms: self.started_ms,
+            updated_ms: now_ms(),
+            metrics: self.metrics.snapshot(),
+            health: self.health_report(),
+        });
+        self.count_store_error(&result);
+        result
+    }
+
+    fn count_store_error<T>(&self, result: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable(_)) = result {
+            self.metrics.increment(Counter::StoreIoError);
         }
     }
 
@@ -179,15 +247,74 @@ impl EmbeddedRuntime {
         let queues: Vec<&str> = services.iter().map(|s| s.name()).collect();
         let mut totals = Progress::default();
         let mut last_progress = std::time::Instant::now();
+        let mut last_snapshot = std::time::Instant::now();
         loop {
             if options.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let mut worked = false;
-            for service in &services {
-                let batch = self.process_batch(service.as_ref(), &mut totals).await?;
-                worked |= batch > 0;
+            if let Some(command) = options.snapshot_as
+                && last_snapshot.elapsed() >= SNAPSHOT_INTERVAL
+            {
+                // A failed snapshot is counted in store.io_error and retried
+                // at the next interval; it does not stop handling.
+                let _ = self.save_snapshot(command);
+                last_snapshot = std::time::Instant::now();
             }
+            let mut worked = false;
+            let mut backing_off = false;
+            let mut store_open = false;
+            for service in &services {
+                let now = self.clock.now_ms();
+                if !self.health.with_store(|breaker| breaker.allow(now)) {
+                    store_open = true;
+                    break;
+                }
+                let state = self
+                    .health
+                    .with_service(service.name(), |supervisor, _| {
+                        (supervisor.may_run(now), supervisor.state(now))
+                    })
+                    .unwrap_or((true, SupervisorState::Running));
+                if !state.0 {
+                    backing_off |= state.1 != SupervisorState::Stopped;
+                    continue;
+                }
+                let batch = self.process_batch(service.as_ref(), &mut totals).await;
+                self.count_store_error(&batch);
+                let now = self.clock.now_ms();
+                match batch {
+                    Ok(received) => {
+                        self.health.with_store(|breaker| breaker.record_success());
+                        worked |= received > 0;
+                    }
+                    Err(error) => {
+                        let open = self.health.with_store(|breaker| {
+                            breaker.record_failure(now);
+                            breaker.open_until_ms().is_some()
+                        });
+                        warn!(service = service.name(), %error, circuit_open = open, "A batch failed on a store error; its records return to the queue after the visibility timeout.");
+                        if open && options.until_idle {
+                            return Err(RunError::Store(error));
+                        }
+                    }
+                }
+            }
+            if store_open || (backing_off && !worked) {
+                tokio::time::sleep(options.poll_interval).await;
+                continue;
+            }
+            let now = self.clock.now_ms();
+            let active: Vec<&str> = queues
+                .iter()
+                .copied()
+                .filter(|queue| {
+                    self.health
+                        .with_service(queue, |supervisor, _| {
+                            supervisor.state(now) != SupervisorState::Stopped
+                        })
+                        .unwrap_or(true)
+                })
+                .collect();
             if worked {
                 // Counting a queue scans its rows, so progress is refreshed
                 // at most every 250 ms rather than after every batch.
@@ -198,7 +325,11 @@ impl EmbeddedRuntime {
                 }
                 continue;
             }
-            let next = self.store.next_visible_ms(&queues)?;
+            let next = if active.is_empty() {
+                None
+            } else {
+                self.store.next_visible_ms(&active)?
+            };
             match next {
                 None if options.until_idle => break,
                 None => tokio::time::sleep(options.poll_interval).await,
@@ -207,6 +338,9 @@ impl EmbeddedRuntime {
                     tokio::time::sleep(Duration::from_millis(wait as u64)).await;
                 }
             }
+        }
+        if let Some(command) = options.snapshot_as {
+            self.save_snapshot(command)?;
         }
         totals.queued = self.depth(&queues)?;
         progress(&totals);
@@ -255,6 +389,32 @@ impl EmbeddedRuntime {
         Ok(messages.len())
     }
 
+    /// Counts a failed record, and feeds retryable failures to the
+    /// subscriber's breaker and panics to its supervisor. Permanent errors
+    /// describe the event, not the subscriber, so they leave both alone.
+    fn record_failure(&self, queue: &str, error: &HandlerError, panicked: bool) {
+        self.metrics.increment(Counter::EventsFailed);
+        if error.code().starts_with("authz") {
+            self.metrics.increment(Counter::AuthzFailures);
+        }
+        if !error.is_retryable() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        self.health.with_service(queue, |supervisor, breaker| {
+            breaker.record_failure(now);
+            if panicked {
+                let backoff_ms = supervisor.record_failure(now);
+                warn!(
+                    service = queue,
+                    backoff_ms,
+                    consecutive_failures = supervisor.consecutive_failures(),
+                    "The handler panicked; the service restarts after a backoff."
+                );
+            }
+        });
+    }
+
     async fn process_record(
         &self,
         service: &dyn Service,
@@ -290,14 +450,33 @@ impl EmbeddedRuntime {
                 totals.duplicates += 1;
                 return Ok(());
             }
+            let now = self.clock.now_ms();
+            let open_until = self
+                .health
+                .with_service(queue, |_, breaker| (!breaker.allow(now)).then(|| breaker.open_until_ms()))
+                .flatten();
+            if let Some(open_until) = open_until {
+                let reason = format!(
+                    "circuit open: {queue} failed {} consecutive times and receives no events until {}; replay this one with `underwrite dlq --replay`",
+                    self.health.with_service(queue, |_, b| b.report_failures()).unwrap_or(0),
+                    open_until.unwrap_or(now),
+                );
+                self.store.fail(queue, message, true, "circuit_open", &reason, &self.settings, 0)?;
+                self.metrics.increment(Counter::EventsFailed);
+                totals.dead_lettered += 1;
+                return Ok(());
+            }
             let context = Context {
                 store: self.store.as_ref(),
                 service: queue,
             };
+            let started = std::time::Instant::now();
+            let mut panicked = false;
             let result = AssertUnwindSafe(service.handle(&event, &context))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| {
+                    panicked = true;
                     let text = panic
                         .downcast_ref::<String>()
                         .cloned()
@@ -305,13 +484,22 @@ impl EmbeddedRuntime {
                         .unwrap_or_else(|| "non-text panic payload".into());
                     Err(HandlerError::retryable("panic", format!("handler panicked: {text}")))
                 });
+            self.metrics.record_duration(queue, &event.event_type, started.elapsed().as_micros() as u64);
             let error = match result {
                 Ok(outcome) => {
                     let outputs = self.route_all(&outcome.emits);
-                    match self.store.commit(queue, message.seq, event.id.as_str(), &outcome.writes, &outputs) {
+                    let committed = self.store.commit(queue, message.seq, event.id.as_str(), &outcome.writes, &outputs);
+                    self.count_store_error(&committed);
+                    match committed {
                         Ok(CommitResult::Committed) => {
                             totals.handled += 1;
                             totals.emitted += outcome.emits.len() as u64;
+                            self.metrics.increment(Counter::EventsHandled);
+                            self.metrics.add(Counter::EventsEmitted, outcome.emits.len() as u64);
+                            self.health.with_service(queue, |supervisor, breaker| {
+                                supervisor.record_success();
+                                breaker.record_success();
+                            });
                             debug!(emitted = outcome.emits.len(), "Handled an event.");
                             return Ok(());
                         }
@@ -324,6 +512,7 @@ impl EmbeddedRuntime {
                 }
                 Err(error) => error,
             };
+            self.record_failure(queue, &error, panicked);
             let dead = self.store.fail(
                 queue,
                 message,

@@ -9,14 +9,25 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod driver;
+pub mod metrics;
 pub mod queue;
+pub mod resilience;
 pub mod service;
 pub mod sqlite;
+pub mod sqlite_ops;
 pub mod store;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use driver::{EmbeddedRuntime, Progress, RunOptions};
+pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use queue::{DeadLetter, QueueSettings};
+pub use resilience::{
+    BreakerSettings, BreakerSettingsStore, CircuitState, HealthReport, RecoverySettings,
+    ResilienceSettings, SupervisorState,
+};
 pub use service::{Context, HandlerError, Outcome, Service};
 pub use sqlite::SqliteStore;
+pub use sqlite_ops::RunSnapshot;
 pub use store::{Expected, StateWrite, Store, StoreError, Versioned};

@@ -12,11 +12,18 @@ use crate::queue::{DeadLetter, QueueSettings, ReceivedMessage};
 use crate::store::{Expected, StateWrite, Store, StoreError, Versioned};
 
 /// Schema migrations, applied in order and recorded in `migrations`.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "embedded_store",
-    include_str!("../../../migrations/0001_embedded_store.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "embedded_store",
+        include_str!("../../../migrations/0001_embedded_store.sql"),
+    ),
+    (
+        2,
+        "run_snapshots",
+        include_str!("../../../migrations/0002_run_snapshots.sql"),
+    ),
+];
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -53,7 +60,7 @@ pub struct SqliteStore {
     connection: Mutex<Connection>,
 }
 
-fn unavailable(error: rusqlite::Error) -> StoreError {
+pub(crate) fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
@@ -87,7 +94,7 @@ impl SqliteStore {
         &self.path
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
