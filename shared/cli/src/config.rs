@@ -239,6 +239,10 @@ impl Config {
 
     /// Checks the values that their types alone do not bound; an error names
     /// the key and says what is allowed.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.check().map_err(|(_, message)| anyhow!(message))
+    }
+
     fn check(&self) -> Result<(), (&'static str, String)> {
         let q = &self.queues;
         if !(1..=10_000).contains(&q.batch_size) {

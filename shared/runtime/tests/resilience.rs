@@ -56,7 +56,7 @@ impl Service for Flaky {
         Ok(Outcome {
             writes: vec![StateWrite::put(
                 format!("flaky/{payment}"),
-                json!(true),
+                &json!(true),
                 &None,
             )],
             emits: vec![],
