@@ -1,6 +1,8 @@
 //! Test harness: the embedded runtime with the servicing services over a
 //! fresh SQLite file, and builders for input events.
 
+pub mod python;
+
 use std::sync::Arc;
 
 use serde_json::json;

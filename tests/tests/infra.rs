@@ -1,0 +1,371 @@
+//! The SAM template in `infra/`: cfn-lint, then the rules cfn-lint does not
+//! check (queue visibility against function timeout, a dead-letter queue
+//! behind every function's queue, no wildcard resource in any policy, and the
+//! stores' protection settings).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use underwrite_tests::python::{tools_bin, workspace_root};
+
+/// Seconds SQS keeps a dead letter: the maximum, 14 days.
+const DLQ_RETENTION_SECONDS: i64 = 1_209_600;
+
+/// AWS recommends a queue visibility timeout of at least six times the
+/// function timeout, so that retries of one batch do not overlap.
+const VISIBILITY_FACTOR: i64 = 6;
+
+/// Converts YAML to JSON, turning CloudFormation's short tags (`!Ref X`,
+/// `!GetAtt A.B`, `!Sub s`) into their long forms.
+fn to_json(yaml: serde_yaml_ng::Value) -> Value {
+    use serde_yaml_ng::Value as Yaml;
+    match yaml {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => Value::Bool(b),
+        Yaml::Number(n) => serde_json::to_value(n).expect("YAML numbers are JSON numbers"),
+        Yaml::String(s) => Value::String(s),
+        Yaml::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Yaml::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let key = key.as_str().expect("template keys are strings").to_string();
+                    (key, to_json(value))
+                })
+                .collect(),
+        ),
+        Yaml::Tagged(tagged) => {
+            let name = tagged.tag.to_string();
+            let name = name.trim_start_matches('!');
+            let long = if name == "Ref" {
+                "Ref".to_string()
+            } else {
+                format!("Fn::{name}")
+            };
+            json!({ long: to_json(tagged.value) })
+        }
+    }
+}
+
+fn template() -> Value {
+    let path = workspace_root().join("infra/template.yaml");
+    let text = std::fs::read_to_string(&path).expect("infra/template.yaml exists");
+    to_json(serde_yaml_ng::from_str(&text).expect("infra/template.yaml is valid YAML"))
+}
+
+fn resources(template: &Value) -> &serde_json::Map<String, Value> {
+    template["Resources"]
+        .as_object()
+        .expect("the template has resources")
+}
+
+fn of_type<'a>(template: &'a Value, kind: &str) -> BTreeMap<&'a str, &'a Value> {
+    resources(template)
+        .iter()
+        .filter(|(_, resource)| resource["Type"] == kind)
+        .map(|(name, resource)| (name.as_str(), resource))
+        .collect()
+}
+
+/// Returns the logical id that a `!GetAtt X.Arn` or `!Ref X` points at.
+fn target(reference: &Value) -> Option<&str> {
+    if let Some(name) = reference["Ref"].as_str() {
+        return Some(name);
+    }
+    match &reference["Fn::GetAtt"] {
+        Value::String(text) => text.split('.').next(),
+        Value::Array(parts) => parts.first().and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+fn as_list(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Null => Vec::new(),
+        other => vec![other],
+    }
+}
+
+/// Checks every function fed by a queue: the queue's visibility timeout
+/// against the function's timeout, its redrive policy and dead-letter
+/// queue, and the event source mapping's partial batch responses.
+fn queue_problems(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let default_timeout = template["Globals"]["Function"]["Timeout"]
+        .as_i64()
+        .unwrap_or(3);
+    let queues = of_type(template, "AWS::SQS::Queue");
+    for (name, function) in of_type(template, "AWS::Serverless::Function") {
+        let timeout = function["Properties"]["Timeout"]
+            .as_i64()
+            .unwrap_or(default_timeout);
+        let events = function["Properties"]["Events"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (event_name, event) in events.iter().filter(|(_, e)| e["Type"] == "SQS") {
+            let properties = &event["Properties"];
+            let Some(queue_name) = target(&properties["Queue"]) else {
+                problems.push(format!("{name}.{event_name}: the queue is not a reference"));
+                continue;
+            };
+            let Some(queue) = queues.get(queue_name) else {
+                problems.push(format!("{name}.{event_name}: no queue named {queue_name}"));
+                continue;
+            };
+            let visibility = queue["Properties"]["VisibilityTimeout"]
+                .as_i64()
+                .unwrap_or(30);
+            if visibility < VISIBILITY_FACTOR * timeout {
+                problems.push(format!(
+                    "{queue_name}: visibility timeout {visibility} s is under {VISIBILITY_FACTOR} x the {timeout} s timeout of {name}"
+                ));
+            }
+            let redrive = &queue["Properties"]["RedrivePolicy"];
+            match target(&redrive["deadLetterTargetArn"]).and_then(|dlq| queues.get(dlq)) {
+                None => problems.push(format!("{queue_name}: no dead-letter queue")),
+                Some(dlq) => {
+                    if dlq["Properties"]["MessageRetentionPeriod"].as_i64()
+                        != Some(DLQ_RETENTION_SECONDS)
+                    {
+                        problems.push(format!(
+                            "{queue_name}: its dead-letter queue does not keep messages 14 days"
+                        ));
+                    }
+                }
+            }
+            if redrive["maxReceiveCount"].as_i64().is_none() {
+                problems.push(format!("{queue_name}: no maxReceiveCount"));
+            }
+            if !as_list(&properties["FunctionResponseTypes"])
+                .iter()
+                .any(|t| *t == "ReportBatchItemFailures")
+            {
+                problems.push(format!(
+                    "{name}.{event_name}: no ReportBatchItemFailures, so one bad record fails the whole batch"
+                ));
+            }
+            if properties["ScalingConfig"]["MaximumConcurrency"]
+                .as_i64()
+                .is_none()
+            {
+                problems.push(format!("{name}.{event_name}: no MaximumConcurrency"));
+            }
+        }
+    }
+    problems
+}
+
+/// Checks that no resource in an `Allow` statement is a wildcard. A `*` is
+/// allowed only as the last segment after a concrete prefix, as in
+/// `${Bucket.Arn}/audit/*`.
+fn wildcard_problems(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut documents: Vec<(String, &Value)> = Vec::new();
+    for (name, role) in of_type(template, "AWS::IAM::Role") {
+        for policy in as_list(&role["Properties"]["Policies"]) {
+            documents.push((
+                format!("{name}/{}", policy["PolicyName"]),
+                &policy["PolicyDocument"],
+            ));
+        }
+    }
+    for (name, policy) in of_type(template, "AWS::IAM::Policy") {
+        documents.push((name.to_string(), &policy["Properties"]["PolicyDocument"]));
+    }
+    for (name, function) in of_type(template, "AWS::Serverless::Function") {
+        if !function["Properties"]["Policies"].is_null() {
+            problems.push(format!(
+                "{name}: inline SAM policies; give the function an explicit role"
+            ));
+        }
+    }
+    for (name, document) in documents {
+        for statement in as_list(&document["Statement"]) {
+            if statement["Effect"] != "Allow" {
+                continue;
+            }
+            if statement["Resource"].is_null() {
+                problems.push(format!("{name}: an Allow statement without a resource"));
+            }
+            for resource in as_list(&statement["Resource"]) {
+                let text = match resource {
+                    Value::String(text) => text.clone(),
+                    other => other["Fn::Sub"].as_str().unwrap_or_default().to_string(),
+                };
+                let Some(position) = text.find('*') else {
+                    continue;
+                };
+                let scoped = position == text.len() - 1
+                    && position > 0
+                    && matches!(&text[position - 1..position], "/" | ":")
+                    && text.len() > 2;
+                if !scoped {
+                    problems.push(format!("{name}: wildcard resource {text:?}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Checks the protection settings of the tables and the bucket.
+fn store_problems(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, table) in of_type(template, "AWS::DynamoDB::Table") {
+        let properties = &table["Properties"];
+        if properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] != true {
+            problems.push(format!("{name}: no point-in-time recovery"));
+        }
+        if properties["SSESpecification"]["SSEEnabled"] != true {
+            problems.push(format!("{name}: no encryption setting"));
+        }
+        if properties["TimeToLiveSpecification"]["Enabled"] != true {
+            problems.push(format!("{name}: no TTL attribute"));
+        }
+    }
+    let buckets = of_type(template, "AWS::S3::Bucket");
+    assert!(!buckets.is_empty(), "the template has a bucket");
+    for (name, bucket) in &buckets {
+        let properties = &bucket["Properties"];
+        if properties["VersioningConfiguration"]["Status"] != "Enabled" {
+            problems.push(format!("{name}: versioning is off"));
+        }
+        if properties["BucketEncryption"].is_null() {
+            problems.push(format!("{name}: no default encryption"));
+        }
+        let block = &properties["PublicAccessBlockConfiguration"];
+        for setting in [
+            "BlockPublicAcls",
+            "BlockPublicPolicy",
+            "IgnorePublicAcls",
+            "RestrictPublicBuckets",
+        ] {
+            if block[setting] != true {
+                problems.push(format!("{name}: {setting} is not true"));
+            }
+        }
+        let tls_only = of_type(template, "AWS::S3::BucketPolicy")
+            .values()
+            .filter(|policy| target(&policy["Properties"]["Bucket"]) == Some(name))
+            .flat_map(|policy| as_list(&policy["Properties"]["PolicyDocument"]["Statement"]))
+            .any(|statement| {
+                statement["Effect"] == "Deny"
+                    && statement["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+            });
+        if !tls_only {
+            problems.push(format!("{name}: no policy denying plain HTTP"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn template_passes_cfn_lint() {
+    let output = Command::new(tools_bin().join("cfn-lint"))
+        .arg(workspace_root().join("infra/template.yaml"))
+        .output()
+        .expect("cfn-lint starts");
+    assert!(
+        output.status.success(),
+        "cfn-lint reported problems:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn every_queue_has_dlq_and_timeout() {
+    let template = template();
+    assert_eq!(queue_problems(&template), Vec::<String>::new());
+    let functions = of_type(&template, "AWS::Serverless::Function");
+    let fed_by_queues = functions
+        .values()
+        .filter(|f| f["Properties"]["Events"].to_string().contains("\"SQS\""))
+        .count();
+    assert_eq!(fed_by_queues, 3, "mechanism, npa and audit read queues");
+}
+
+#[test]
+fn no_policy_has_wildcard_resource() {
+    assert_eq!(wildcard_problems(&template()), Vec::<String>::new());
+}
+
+#[test]
+fn stores_are_protected() {
+    assert_eq!(store_problems(&template()), Vec::<String>::new());
+}
+
+#[test]
+fn day_end_runs_at_ist_midnight() {
+    let template = template();
+    let schedules = of_type(&template, "AWS::Scheduler::Schedule");
+    let schedule = schedules.get("DayEndSchedule").expect("a day-end schedule");
+    let properties = &schedule["Properties"];
+    assert_eq!(properties["ScheduleExpression"], "cron(0 0 * * ? *)");
+    assert_eq!(properties["ScheduleExpressionTimezone"], "Asia/Kolkata");
+    assert_eq!(target(&properties["Target"]["Arn"]), Some("DayEndFunction"));
+}
+
+#[test]
+fn stage_parameter_names_resources() {
+    let template = template();
+    assert_eq!(template["Parameters"]["Stage"]["Default"], "dev");
+    let text = template.to_string();
+    assert!(
+        text.contains("underwrite-${Stage}-mechanism"),
+        "names carry the stage"
+    );
+}
+
+#[test]
+fn checks_catch_broken_templates() {
+    let mut template = template();
+    let resources = template["Resources"].as_object_mut().unwrap();
+    resources["NpaQueue"]["Properties"]["VisibilityTimeout"] = json!(60);
+    resources["AuditQueue"]["Properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("RedrivePolicy");
+    resources["MechanismRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}));
+    resources["StateTable"]["Properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("PointInTimeRecoverySpecification");
+    resources["DataBucket"]["Properties"]["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] =
+        json!(false);
+
+    let queues = queue_problems(&template);
+    assert!(
+        queues
+            .iter()
+            .any(|p| p.contains("NpaQueue: visibility timeout 60 s")),
+        "{queues:?}"
+    );
+    assert!(
+        queues
+            .iter()
+            .any(|p| p == "AuditQueue: no dead-letter queue"),
+        "{queues:?}"
+    );
+    let wildcards = wildcard_problems(&template);
+    assert!(
+        wildcards
+            .iter()
+            .any(|p| p.contains("wildcard resource \"*\"")),
+        "{wildcards:?}"
+    );
+    let stores = store_problems(&template);
+    assert!(
+        stores.contains(&"StateTable: no point-in-time recovery".to_string()),
+        "{stores:?}"
+    );
+    assert!(
+        stores.contains(&"DataBucket: BlockPublicPolicy is not true".to_string()),
+        "{stores:?}"
+    );
+}
