@@ -314,7 +314,9 @@ pub fn health(config: &Config) -> anyhow::Result<ExitCode> {
     };
     let latest = store
         .run_snapshots()
-        .map(|snapshots| crate::health::latest_run(&snapshots))
+        .map(|snapshots| {
+            crate::health::latest_run(&snapshots, underwrite_runtime::sqlite::now_ms())
+        })
         .unwrap_or(None);
     let checks = crate::health::collect(&store, &crate::services::NAMES, latest);
     print!("{}", crate::health::render_checks(&checks));

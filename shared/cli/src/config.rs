@@ -16,7 +16,7 @@ use underwrite_runtime::{
 /// The configuration file read from the working directory.
 pub const CONFIG_FILE: &str = "underwrite.json";
 
-/// The top-level key that holds descriptions of the other keys; the loader
+/// The top-level key that contains descriptions of the other keys; the loader
 /// ignores it.
 pub const COMMENTS_KEY: &str = "_comments";
 
@@ -213,7 +213,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The supervisor and circuit breaker settings for the runtime.
+    /// Returns the supervisor and circuit breaker settings for the runtime.
     pub fn resilience(&self) -> ResilienceSettings {
         ResilienceSettings {
             recovery: self.recovery,
@@ -222,7 +222,7 @@ impl Config {
         }
     }
 
-    /// The default file `underwrite init` writes: every key with its
+    /// Renders the default file `underwrite init` writes: every key with its
     /// default, and a description of each under `_comments`.
     pub fn documented_default() -> String {
         let mut value = serde_json::to_value(Config::default()).expect("config serialises");
@@ -238,7 +238,7 @@ impl Config {
     }
 
     /// Checks the values that their types alone do not bound; an error names
-    /// the key and says what is allowed.
+    /// the key and the allowed values.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.check().map_err(|(_, message)| anyhow!(message))
     }
@@ -478,7 +478,7 @@ fn merge_value(
     }
 }
 
-/// Every leaf key of the defaults with its environment variable name:
+/// Lists every leaf key of the defaults with its environment variable name:
 /// `queues.batch_size` is `UNDERWRITE_QUEUES_BATCH_SIZE`. An object with no
 /// keys in the defaults (`products.products`) is a leaf set as JSON.
 fn variable_keys(defaults: &Value) -> Vec<(String, String, Value)> {

@@ -39,7 +39,7 @@ pub struct Check {
     pub name: String,
     /// The outcome.
     pub status: Status,
-    /// What was found.
+    /// The finding, such as queue depths or a circuit's state.
     pub detail: String,
 }
 
@@ -117,14 +117,38 @@ fn service_check(service: &ServiceReport, queued: u64, in_flight: u64) -> Check 
     }
 }
 
+/// Circuits and supervisors, where they come from, and whether the process
+/// that reported them still reports.
+pub struct RuntimeView {
+    /// The report.
+    pub report: HealthReport,
+    /// The process that stored the report, and when.
+    pub source: String,
+    /// False when the report is older than three snapshot intervals: its
+    /// process has stopped or hangs, so its failures are shown as warnings.
+    pub live: bool,
+}
+
+/// Snapshots older than this are reported as stale, in milliseconds: three
+/// times the 5 s interval at which a running process stores one.
+const STALE_AFTER_MS: i64 = 15_000;
+
 /// Runs the checks against `store`. `runtime` is the live report of this
-/// process, or the last one a process stored, with where it came from.
+/// process, or the last one a process stored.
 pub fn collect(
     store: &SqliteStore,
     services: &[&'static str],
-    runtime: Option<(HealthReport, String)>,
+    runtime: Option<RuntimeView>,
 ) -> Checks {
     let mut checks = Vec::new();
+    let live = runtime.as_ref().is_none_or(|view| view.live);
+    let cap = |status: Status| {
+        if live {
+            status
+        } else {
+            status.min(Status::Warning)
+        }
+    };
 
     let mut depths = Vec::new();
     let mut bus_error = None;
@@ -179,13 +203,13 @@ pub fn collect(
         .and_then(|v| v.last().copied())
         .unwrap_or(0);
     let (circuit_status, circuit) = match &runtime {
-        Some((report, _)) => (
-            match report.store_circuit.state {
+        Some(view) => (
+            cap(match view.report.store_circuit.state {
                 CircuitState::Closed => Status::Ok,
                 CircuitState::HalfOpen => Status::Warning,
                 CircuitState::Open => Status::Failed,
-            },
-            circuit_text(&report.store_circuit),
+            }),
+            circuit_text(&view.report.store_circuit),
         ),
         None => (Status::Ok, "circuit closed".to_string()),
     };
@@ -206,14 +230,17 @@ pub fn collect(
     });
 
     match &runtime {
-        Some((report, source)) => {
+        Some(view) => {
+            let (report, source) = (&view.report, &view.source);
             for service in &report.services {
                 let (queued, in_flight) = services
                     .iter()
                     .position(|s| *s == service.name)
                     .map(|i| depths[i])
                     .unwrap_or((0, 0));
-                checks.push(service_check(service, queued, in_flight));
+                let mut check = service_check(service, queued, in_flight);
+                check.status = cap(check.status);
+                checks.push(check);
             }
             let count = |state: SupervisorState| {
                 report
@@ -237,7 +264,7 @@ pub fn collect(
             };
             checks.push(Check {
                 name: "supervisor".into(),
-                status,
+                status: cap(status),
                 detail: format!(
                     "{running} running, {backing_off} backing off, {unhealthy} unhealthy, {stopped} stopped ({source})"
                 ),
@@ -265,22 +292,26 @@ pub fn collect(
     Checks {
         status,
         checks,
-        runtime: runtime.map(|(report, _)| report),
+        runtime: runtime.map(|view| view.report),
     }
 }
 
-/// Returns the most recently updated run snapshot, with a description of it.
-pub fn latest_run(snapshots: &[RunSnapshot]) -> Option<(HealthReport, String)> {
+/// Returns the most recently updated run snapshot as of `now_ms`.
+pub fn latest_run(snapshots: &[RunSnapshot], now_ms: i64) -> Option<RuntimeView> {
     snapshots.iter().max_by_key(|s| s.updated_ms).map(|s| {
-        (
-            s.health.clone(),
-            format!(
-                "as of {} from `underwrite {}` pid {}",
-                format_ms(s.updated_ms),
-                s.command,
-                s.pid
-            ),
-        )
+        let live = now_ms - s.updated_ms <= STALE_AFTER_MS;
+        let source = format!(
+            "{} {} from `underwrite {}` pid {}",
+            if live { "as of" } else { "stale, last stored" },
+            format_ms(s.updated_ms),
+            s.command,
+            s.pid
+        );
+        RuntimeView {
+            report: s.health.clone(),
+            source,
+            live,
+        }
     })
 }
 
@@ -344,4 +375,61 @@ pub fn render_metrics(metrics: &MetricsSnapshot, runs: usize) -> String {
         metrics.counter("store.io_error"),
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use underwrite_runtime::resilience::{RuntimeHealth, ServiceReport};
+    use underwrite_runtime::{ResilienceSettings, SqliteStore};
+
+    fn open_circuit_snapshot(updated_ms: i64) -> RunSnapshot {
+        let health = RuntimeHealth::new(&["audit"], ResilienceSettings::default());
+        health.with_store(|breaker| {
+            for _ in 0..3 {
+                breaker.record_failure(updated_ms);
+            }
+        });
+        RunSnapshot {
+            run_id: "run-1".into(),
+            command: "serve".into(),
+            pid: 42,
+            started_ms: updated_ms,
+            updated_ms,
+            metrics: MetricsSnapshot::default(),
+            health: health.report(updated_ms),
+        }
+    }
+
+    #[test]
+    fn open_store_circuit_fails_while_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+        let snapshots = [open_circuit_snapshot(1_000_000)];
+
+        let live = latest_run(&snapshots, 1_010_000).unwrap();
+        assert!(live.live);
+        let checks = collect(&store, &["audit"], Some(live));
+        let store_check = checks.checks.iter().find(|c| c.name == "store").unwrap();
+        assert_eq!(store_check.status, Status::Failed);
+        assert!(
+            store_check.detail.contains("circuit OPEN"),
+            "{}",
+            store_check.detail
+        );
+        assert_eq!(checks.status, Status::Failed);
+
+        let stale = latest_run(&snapshots, 1_016_000).unwrap();
+        assert!(!stale.live, "16 s old");
+        assert!(stale.source.starts_with("stale"), "{}", stale.source);
+        let checks = collect(&store, &["audit"], Some(stale));
+        assert_eq!(
+            checks.status,
+            Status::Warning,
+            "a stopped process's circuit is a warning"
+        );
+        let services: Vec<&ServiceReport> =
+            checks.runtime.iter().flat_map(|r| &r.services).collect();
+        assert_eq!(services.len(), 1);
+    }
 }

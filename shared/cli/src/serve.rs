@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// Reject start-up unless UNDERWRITE_API_TOKEN is set; POST /v1/events then needs `Authorization: Bearer <token>`.
     #[arg(long)]
     pub require_auth: bool,
-    /// Requests per second POST /v1/events accepts; more are answered 429 with Retry-After. No limit by default.
+    /// Requests per second POST /v1/events accepts; more get 429 with Retry-After. No limit by default.
     #[arg(long, value_name = "N")]
     pub rate_limit: Option<u32>,
     /// Seconds to wait for open requests after SIGTERM or SIGINT before stopping anyway.
@@ -150,7 +150,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         );
     }
     // Ingestion commits on its own connection: the driver's connection
-    // holds a batch transaction open, and an accepted event must not depend
+    // keeps a batch transaction open, and an accepted event must not depend
     // on that batch committing.
     let ingest = Arc::new(crate::commands::open_runtime(config)?);
 
@@ -298,7 +298,8 @@ async fn healthz() -> Response {
     json_response(StatusCode::OK, json!({"status": "ok"}))
 }
 
-/// Readiness: accepting events, the store answers and its circuit is not open.
+/// Returns 200 when the server accepts events, the store responds to a ping
+/// and its circuit is not open.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.accepting.load(Ordering::SeqCst) {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -316,7 +317,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// The checks of `underwrite health` as JSON; 503 when one failed.
+/// Returns the checks of `underwrite health` as JSON, with 503 when one
+/// failed.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let report = state.runtime.health_report();
     let services = state.services.clone();
@@ -325,7 +327,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         crate::health::collect(
             store.store(),
             &services,
-            Some((report, "this process".to_string())),
+            Some(crate::health::RuntimeView {
+                report,
+                source: "this process".to_string(),
+                live: true,
+            }),
         )
     })
     .await;
@@ -441,6 +447,7 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
         );
     }
     if !authorised(&state, &headers) {
+        warn!("Rejected a POST /v1/events request without the right bearer token.");
         let mut response = problem(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token: send `Authorization: Bearer <UNDERWRITE_API_TOKEN>`",
@@ -467,12 +474,16 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
     let events = match parse_body(&body) {
         Ok(events) => events,
         Err(errors) => {
-            let shown: Vec<&String> = errors.iter().take(20).collect();
+            info!(
+                invalid = errors.len(),
+                "Rejected a POST /v1/events request with invalid events."
+            );
+            let listed: Vec<&String> = errors.iter().take(20).collect();
             return json_response(
                 StatusCode::BAD_REQUEST,
                 json!({
                     "error": format!("{} invalid events; nothing was published. Fix them and send the request again", errors.len()),
-                    "invalid": shown,
+                    "invalid": listed,
                 }),
             );
         }

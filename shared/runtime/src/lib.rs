@@ -11,6 +11,8 @@
 
 pub mod clock;
 pub mod driver;
+#[cfg(test)]
+mod driver_store_breaker;
 pub mod metrics;
 pub mod queue;
 pub mod resilience;

@@ -66,9 +66,9 @@ pub struct TimerStats {
     pub count: u64,
     /// Sum of the durations, microseconds.
     pub total_us: u64,
-    /// Shortest duration, microseconds.
+    /// Minimum duration, microseconds.
     pub min_us: u64,
-    /// Longest duration, microseconds.
+    /// Maximum duration, microseconds.
     pub max_us: u64,
 }
 

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-/// The longest supervisor backoff, in milliseconds.
+/// The maximum supervisor backoff, in milliseconds.
 pub const MAX_BACKOFF_MS: i64 = 60_000;
 
 /// Supervisor settings: how a service whose handler crashed is restarted.
