@@ -37,17 +37,21 @@ pub fn fast_settings() -> QueueSettings {
 impl Harness {
     /// Creates a harness running mechanism, npa and audit.
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let store =
-            Arc::new(SqliteStore::open(dir.path().join("underwrite.db")).expect("store opens"));
-        let services: Vec<Arc<dyn Service>> = vec![
+        Harness::with_services(vec![
             Arc::new(Mechanism::new(ProductCatalog::default())),
             Arc::new(Npa::new(
                 ClassificationPolicy::default(),
                 ProductCatalog::default(),
             )),
             Arc::new(Audit),
-        ];
+        ])
+    }
+
+    /// Creates a harness running `services` over a fresh SQLite file.
+    pub fn with_services(services: Vec<Arc<dyn Service>>) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let store =
+            Arc::new(SqliteStore::open(dir.path().join("underwrite.db")).expect("store opens"));
         let runtime = EmbeddedRuntime::new(store, services, fast_settings());
         Harness { dir, runtime }
     }

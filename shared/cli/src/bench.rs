@@ -80,7 +80,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
     let queues = config.queues;
     let runtime = EmbeddedRuntime::new(store, crate::services::all(&config), queues);
     eprintln!(
-        "bench: pushing {} events through mechanism, npa and audit in batches of {}...",
+        "bench: pushing {} events through the services in batches of {}...",
         events.len(),
         queues.batch_size
     );

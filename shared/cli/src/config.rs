@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use underwrite_domain::pricing::{FeeAmount, PenalPolicy, PricingPolicy};
 use underwrite_domain::{ClassificationPolicy, ProductCatalog, ProvisioningPolicy};
+use underwrite_fee::FeeSettings;
+use underwrite_kfs::KfsSettings;
 use underwrite_runtime::{
     BreakerSettings, BreakerSettingsStore, QueueSettings, RecoverySettings, ResilienceSettings,
 };
@@ -55,6 +58,12 @@ pub struct Config {
     pub provisioning: ProvisioningPolicy,
     /// Servicing settings by product code.
     pub products: ProductCatalog,
+    /// Rate grid by risk grade, fee tariff, penal and prepayment charges.
+    pub pricing: PricingPolicy,
+    /// Lender details, cooling-off period and holidays for the KFS.
+    pub kfs: KfsSettings,
+    /// When overdue instalments are charged.
+    pub fees: FeeSettings,
 }
 
 impl Default for Config {
@@ -73,6 +82,9 @@ impl Default for Config {
             classification: ClassificationPolicy::default(),
             provisioning: ProvisioningPolicy::default(),
             products: ProductCatalog::default(),
+            pricing: PricingPolicy::default(),
+            kfs: KfsSettings::default(),
+            fees: FeeSettings::default(),
         }
     }
 }
@@ -89,7 +101,7 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "services",
-        "services that run and serve start when none are named: mechanism, npa, audit",
+        "services that run and serve start when none are named: consent, pricing, kfs, mechanism, fee, npa, audit",
     ),
     (
         "queues.visibility_timeout_ms",
@@ -144,7 +156,55 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
         "products",
         "due-day rule (keep_day or month_end) by default and per product code",
     ),
+    (
+        "pricing.rate_grid",
+        "annual rate by risk grade, such as {\"A\": \"14.00\"}; risk.scored carries the grade",
+    ),
+    (
+        "pricing.fees",
+        "fee tariff: name, recipient (lender or third_party), frequency (one_time or recurring), amount ({\"kind\": \"flat\", \"amount\": \"240.00\"} or {\"kind\": \"percent_of_amount\", \"basis_points\": 200}), gst",
+    ),
+    (
+        "pricing.gst_basis_points",
+        "GST on fees marked gst, in basis points (0 to 10000)",
+    ),
+    (
+        "pricing.penal",
+        "penal charge per overdue instalment: {\"kind\": \"flat\", \"amount\"} or {\"kind\": \"percent_of_overdue\", \"basis_points\"}",
+    ),
+    (
+        "pricing.prepayment_basis_points",
+        "prepayment or foreclosure charge on the principal prepaid where the RBI prepayment directions allow one (0 to 10000)",
+    ),
+    (
+        "pricing.lender_category",
+        "the lender's category, which the prepayment directions turn on, such as nbfc_middle_layer",
+    ),
+    (
+        "kfs.lender_name",
+        "the lender's name in the Key Fact Statement",
+    ),
+    (
+        "kfs.grievance_officer",
+        "grievance redressal officer in the KFS: name, designation, phone, email, address; replace the example values",
+    ),
+    (
+        "kfs.cooling_off_days",
+        "days in which a borrower may exit by repaying principal and proportionate APR (1 or more)",
+    ),
+    (
+        "kfs.holidays",
+        "dates (YYYY-MM-DD) that are not working days for KFS validity, besides Sundays",
+    ),
+    (
+        "fees.grace_days",
+        "days after a due date before an unpaid instalment bears its penal charge (0 to 90)",
+    ),
 ];
+
+/// Keys whose objects are maps or tagged variants rather than fixed fields:
+/// only the deserializer checks what is inside them.
+const FREE_FORM_KEYS: &[&str] = &["products.products", "pricing.rate_grid", "pricing.penal"];
 
 impl Config {
     /// Reads the layers from the working directory and the process
@@ -336,6 +396,17 @@ impl Config {
                 ),
             ));
         }
+        check_pricing(&self.pricing)?;
+        check_kfs(&self.kfs)?;
+        if self.fees.grace_days > 90 {
+            return Err((
+                "fees.grace_days",
+                format!(
+                    "fees.grace_days is {}: allowed values are 0 to 90 days",
+                    self.fees.grace_days
+                ),
+            ));
+        }
         for name in &self.services {
             if !crate::services::NAMES.contains(&name.as_str()) {
                 return Err((
@@ -349,6 +420,100 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The largest value of a basis-point setting: 10,000 is 100%.
+const MAX_BASIS_POINTS: u32 = 10_000;
+
+fn check_basis_points(key: &'static str, value: u32) -> Result<(), (&'static str, String)> {
+    if value > MAX_BASIS_POINTS {
+        return Err((
+            key,
+            format!("{key} is {value}: allowed values are 0 to 10000 basis points (100%)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_pricing(pricing: &PricingPolicy) -> Result<(), (&'static str, String)> {
+    if pricing.rate_grid.is_empty() {
+        return Err((
+            "pricing.rate_grid",
+            "pricing.rate_grid is empty: map each risk grade to an annual rate, such as {\"A\": \"14.00\"}".into(),
+        ));
+    }
+    check_basis_points("pricing.gst_basis_points", pricing.gst_basis_points)?;
+    check_basis_points(
+        "pricing.prepayment_basis_points",
+        pricing.prepayment_basis_points,
+    )?;
+    if let PenalPolicy::PercentOfOverdue { basis_points } = pricing.penal {
+        check_basis_points("pricing.penal", basis_points)?;
+    }
+    for (index, fee) in pricing.fees.iter().enumerate() {
+        if fee.name.trim().is_empty() {
+            return Err((
+                "pricing.fees",
+                format!(
+                    "pricing.fees[{index}].name is empty: give the name the KFS shows, such as \"processing fee\""
+                ),
+            ));
+        }
+        match fee.amount {
+            FeeAmount::PercentOfAmount { basis_points } if basis_points > MAX_BASIS_POINTS => {
+                return Err((
+                    "pricing.fees",
+                    format!(
+                        "pricing.fees[{index}].amount.basis_points is {basis_points}: allowed values are 0 to 10000 basis points (100%)"
+                    ),
+                ));
+            }
+            FeeAmount::Flat { amount } if amount.is_negative() => {
+                return Err((
+                    "pricing.fees",
+                    format!(
+                        "pricing.fees[{index}].amount.amount is {amount}: a fee must not be negative"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_kfs(kfs: &KfsSettings) -> Result<(), (&'static str, String)> {
+    if kfs.lender_name.trim().is_empty() {
+        return Err((
+            "kfs.lender_name",
+            "kfs.lender_name is empty: give the lender's name as shown to the borrower".into(),
+        ));
+    }
+    if kfs.cooling_off_days == 0 {
+        return Err((
+            "kfs.cooling_off_days",
+            "kfs.cooling_off_days is 0: the Digital Lending Directions 2025 require at least 1 day"
+                .into(),
+        ));
+    }
+    let officer = &kfs.grievance_officer;
+    for (field, value) in [
+        ("name", &officer.name),
+        ("designation", &officer.designation),
+        ("phone", &officer.phone),
+        ("email", &officer.email),
+        ("address", &officer.address),
+    ] {
+        if value.trim().is_empty() {
+            return Err((
+                "kfs.grievance_officer",
+                format!(
+                    "kfs.grievance_officer.{field} is empty: the KFS must name the grievance redressal officer and how to reach them"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Merges one JSON file into `merged`, checking its keys and value kinds
@@ -397,7 +562,7 @@ fn check_kinds(layer: &Value, defaults: &Value, prefix: &str, source: &str) -> a
                 allowed.join(", ")
             );
         };
-        if path == "products.products" {
+        if FREE_FORM_KEYS.contains(&path.as_str()) {
             continue;
         }
         if !same_kind(value, default) {
@@ -724,6 +889,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("config.staging.json"), "{error}");
+    }
+
+    #[test]
+    fn origination_keys_load_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            CONFIG_FILE,
+            serde_json::json!({
+                "pricing": {
+                    "rate_grid": {"E": "29.50"},
+                    "penal": {"kind": "flat", "amount": "250.00"}
+                },
+                "kfs": {"holidays": ["2024-08-15"]},
+                "fees": {"grace_days": 3}
+            }),
+        );
+        let config = load(dir.path(), &[]).unwrap();
+        assert_eq!(config.pricing.rate_grid.len(), 1);
+        assert_eq!(config.fees.grace_days, 3);
+        assert_eq!(config.kfs.holidays.len(), 1);
+
+        write(
+            dir.path(),
+            CONFIG_FILE,
+            serde_json::json!({"kfs": {"cooling_off_days": 0}}),
+        );
+        let error = load(dir.path(), &[]).unwrap_err().to_string();
+        assert!(error.contains("kfs.cooling_off_days is 0"), "{error}");
+
+        write(
+            dir.path(),
+            CONFIG_FILE,
+            serde_json::json!({"pricing": {"gst_basis_points": 20000}}),
+        );
+        let error = load(dir.path(), &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("pricing.gst_basis_points is 20000"),
+            "{error}"
+        );
+
+        write(dir.path(), CONFIG_FILE, serde_json::json!({}));
+        let error = load(dir.path(), &[("UNDERWRITE_FEES_GRACE_DAYS", "91")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("fees.grace_days is 91"), "{error}");
     }
 
     #[test]

@@ -66,13 +66,13 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
         events_path.display()
     );
 
-    // 2. Events through mechanism, npa and audit.
+    // 2. Events through the configured services.
     let runtime = crate::commands::open_runtime(&config)?;
     let published = crate::commands::publish_input(&runtime, &events_path, false, false).await?;
     let totals = crate::commands::run_services(&runtime, config.services.clone(), true).await?;
     let dead = runtime.store().dead_letter_count()?;
     println!(
-        "2/4 Published {published} events; services handled {} records and emitted {} classification events; {dead} dead letters",
+        "2/4 Published {published} events; services handled {} records and emitted {} events (classification changes and penal charges); {dead} dead letters",
         totals.handled, totals.emitted
     );
 

@@ -3,20 +3,40 @@
 use std::sync::Arc;
 
 use underwrite_audit::Audit;
+use underwrite_consent::Consent;
+use underwrite_fee::Fee;
+use underwrite_kfs::KfsService;
 use underwrite_mechanism::Mechanism;
 use underwrite_npa::Npa;
+use underwrite_pricing::Pricing;
 use underwrite_runtime::Service;
 
 use crate::config::Config;
 
 /// Names of the services, in routing order.
-pub const NAMES: [&str; 3] = ["mechanism", "npa", "audit"];
+pub const NAMES: [&str; 7] = [
+    "consent",
+    "pricing",
+    "kfs",
+    "mechanism",
+    "fee",
+    "npa",
+    "audit",
+];
 
 /// Every service, configured. All are registered so that every event is
 /// routed to each subscriber's queue, whichever services a run starts.
 pub fn all(config: &Config) -> Vec<Arc<dyn Service>> {
     vec![
+        Arc::new(Consent),
+        Arc::new(Pricing::new(config.pricing.clone())),
+        Arc::new(KfsService::new(config.kfs.clone())),
         Arc::new(Mechanism::new(config.products.clone())),
+        Arc::new(Fee::new(
+            config.pricing.penal,
+            config.fees,
+            config.products.clone(),
+        )),
         Arc::new(Npa::new(config.classification, config.products.clone())),
         Arc::new(Audit),
     ]

@@ -1,4 +1,5 @@
-//! Pure rules of loan servicing and RBI asset classification.
+//! Pure rules of loan origination, loan servicing and RBI asset
+//! classification.
 //!
 //! Nothing in this crate performs I/O or awaits: every function is a
 //! deterministic function of its arguments, so that services, batch jobs and
@@ -6,10 +7,15 @@
 
 #![warn(missing_docs)]
 
+pub mod apr;
+pub mod charges;
 pub mod classification;
+pub mod consent;
 pub mod date;
+pub mod kfs;
 pub mod ledger;
 pub mod money;
+pub mod pricing;
 pub mod product;
 pub mod provisioning;
 pub mod rate;

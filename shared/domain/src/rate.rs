@@ -33,6 +33,18 @@ impl AnnualRate {
         AnnualRate(basis_points * 100)
     }
 
+    /// Creates a rate from 0.0001% units: 150000 is 15%.
+    pub const fn from_units(units: i64) -> Self {
+        AnnualRate(units)
+    }
+
+    /// Rounds half-up to a hundredth of a percent, the precision of the
+    /// APR shown in a Key Fact Statement.
+    pub const fn round_to_basis_points(self) -> Self {
+        let step = RATE_UNITS_PER_PERCENT / 100;
+        AnnualRate((self.0 + step / 2) / step * step)
+    }
+
     /// The rate in 0.0001% units.
     pub const fn units(self) -> i64 {
         self.0

@@ -93,6 +93,17 @@ id_type!(
     "payment_id"
 );
 
+id_type!(
+    /// A loan application id assigned by the lender.
+    ApplicationId,
+    "application_id"
+);
+id_type!(
+    /// A consent artefact id.
+    ConsentId,
+    "consent_id"
+);
+
 impl EventId {
     /// Wraps a UUID.
     pub fn from_uuid(uuid: Uuid) -> Self {

@@ -118,6 +118,18 @@ pub fn parse_input_line(line: &str) -> Result<Envelope, EventError> {
             BusinessDate::of_instant(&occurred_at),
         ),
         EventPayload::DayClosed(p) => (p.business_date.to_string(), p.business_date),
+        EventPayload::ApplicationReceived(p) => (
+            p.application_id.to_string(),
+            BusinessDate::of_instant(&occurred_at),
+        ),
+        EventPayload::ConsentGranted(p) => (
+            p.principal_id.to_string(),
+            BusinessDate::of_instant(&occurred_at),
+        ),
+        EventPayload::ConsentWithdrawn(p) => (
+            p.principal_id.to_string(),
+            BusinessDate::of_instant(&occurred_at),
+        ),
         other => unreachable!("{:?} is not an input type", other.event_type()),
     };
     let business_date = match raw.business_date {

@@ -6,9 +6,10 @@
 pub mod envelope;
 pub mod ids;
 pub mod input;
+pub mod origination;
 pub mod payloads;
 
 pub use envelope::{Envelope, EventError, canonical_bytes};
-pub use ids::{BorrowerId, EventId, LoanId, PaymentId, derive_event_id};
+pub use ids::{ApplicationId, BorrowerId, ConsentId, EventId, LoanId, PaymentId, derive_event_id};
 pub use input::parse_input_line;
 pub use payloads::{EventPayload, EventType, Revision};

@@ -3,7 +3,13 @@
 use serde::{Deserialize, Serialize};
 use underwrite_domain::{AnnualRate, AssetClass, BusinessDate, Paise};
 
+use underwrite_domain::kfs::Kfs;
+
 use crate::ids::{BorrowerId, EventId, LoanId, PaymentId};
+use crate::origination::{
+    ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess,
+    PricingQuoted, RiskScored,
+};
 
 /// The event types of the catalogue, with their wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,11 +28,27 @@ pub enum EventType {
     NpaBucketChanged,
     /// `npa.dlg.triggered`
     NpaDlgTriggered,
+    /// `application.received`
+    ApplicationReceived,
+    /// `consent.granted`
+    ConsentGranted,
+    /// `consent.withdrawn`
+    ConsentWithdrawn,
+    /// `consent.expired`
+    ConsentExpired,
+    /// `risk.scored`
+    RiskScored,
+    /// `pricing.quoted`
+    PricingQuoted,
+    /// `kfs.issued`
+    KfsIssued,
+    /// `fee.assess`
+    FeeAssess,
 }
 
 impl EventType {
     /// Every known type.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 15] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -34,14 +56,25 @@ impl EventType {
         EventType::SmaClassified,
         EventType::NpaBucketChanged,
         EventType::NpaDlgTriggered,
+        EventType::ApplicationReceived,
+        EventType::ConsentGranted,
+        EventType::ConsentWithdrawn,
+        EventType::ConsentExpired,
+        EventType::RiskScored,
+        EventType::PricingQuoted,
+        EventType::KfsIssued,
+        EventType::FeeAssess,
     ];
 
     /// Types a lender's systems send in (`underwrite run --input`).
-    pub const INPUT: [EventType; 4] = [
+    pub const INPUT: [EventType; 7] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
         EventType::DayClosed,
+        EventType::ApplicationReceived,
+        EventType::ConsentGranted,
+        EventType::ConsentWithdrawn,
     ];
 
     /// Returns the wire name, such as `loan.disbursed`.
@@ -54,6 +87,14 @@ impl EventType {
             EventType::SmaClassified => "sma.classified",
             EventType::NpaBucketChanged => "npa.bucket.changed",
             EventType::NpaDlgTriggered => "npa.dlg.triggered",
+            EventType::ApplicationReceived => "application.received",
+            EventType::ConsentGranted => "consent.granted",
+            EventType::ConsentWithdrawn => "consent.withdrawn",
+            EventType::ConsentExpired => "consent.expired",
+            EventType::RiskScored => "risk.scored",
+            EventType::PricingQuoted => "pricing.quoted",
+            EventType::KfsIssued => "kfs.issued",
+            EventType::FeeAssess => "fee.assess",
         }
     }
 
@@ -212,6 +253,22 @@ pub enum EventPayload {
     NpaBucketChanged(ClassChanged),
     /// `npa.dlg.triggered`
     NpaDlgTriggered(DlgTriggered),
+    /// `application.received`
+    ApplicationReceived(ApplicationReceived),
+    /// `consent.granted`
+    ConsentGranted(ConsentGranted),
+    /// `consent.withdrawn`
+    ConsentWithdrawn(ConsentWithdrawn),
+    /// `consent.expired`
+    ConsentExpired(ConsentExpired),
+    /// `risk.scored`
+    RiskScored(RiskScored),
+    /// `pricing.quoted`
+    PricingQuoted(PricingQuoted),
+    /// `kfs.issued`
+    KfsIssued(Box<Kfs>),
+    /// `fee.assess`
+    FeeAssess(FeeAssess),
 }
 
 impl EventPayload {
@@ -225,6 +282,14 @@ impl EventPayload {
             EventPayload::SmaClassified(_) => EventType::SmaClassified,
             EventPayload::NpaBucketChanged(_) => EventType::NpaBucketChanged,
             EventPayload::NpaDlgTriggered(_) => EventType::NpaDlgTriggered,
+            EventPayload::ApplicationReceived(_) => EventType::ApplicationReceived,
+            EventPayload::ConsentGranted(_) => EventType::ConsentGranted,
+            EventPayload::ConsentWithdrawn(_) => EventType::ConsentWithdrawn,
+            EventPayload::ConsentExpired(_) => EventType::ConsentExpired,
+            EventPayload::RiskScored(_) => EventType::RiskScored,
+            EventPayload::PricingQuoted(_) => EventType::PricingQuoted,
+            EventPayload::KfsIssued(_) => EventType::KfsIssued,
+            EventPayload::FeeAssess(_) => EventType::FeeAssess,
         }
     }
 
@@ -239,6 +304,14 @@ impl EventPayload {
                 serde_json::to_value(p)
             }
             EventPayload::NpaDlgTriggered(p) => serde_json::to_value(p),
+            EventPayload::ApplicationReceived(p) => serde_json::to_value(p),
+            EventPayload::ConsentGranted(p) => serde_json::to_value(p),
+            EventPayload::ConsentWithdrawn(p) => serde_json::to_value(p),
+            EventPayload::ConsentExpired(p) => serde_json::to_value(p),
+            EventPayload::RiskScored(p) => serde_json::to_value(p),
+            EventPayload::PricingQuoted(p) => serde_json::to_value(p),
+            EventPayload::KfsIssued(p) => serde_json::to_value(p),
+            EventPayload::FeeAssess(p) => serde_json::to_value(p),
         };
         value.expect("payload types serialise to JSON")
     }
@@ -257,6 +330,14 @@ impl EventPayload {
             EventType::SmaClassified => EventPayload::SmaClassified(typed(payload)?),
             EventType::NpaBucketChanged => EventPayload::NpaBucketChanged(typed(payload)?),
             EventType::NpaDlgTriggered => EventPayload::NpaDlgTriggered(typed(payload)?),
+            EventType::ApplicationReceived => EventPayload::ApplicationReceived(typed(payload)?),
+            EventType::ConsentGranted => EventPayload::ConsentGranted(typed(payload)?),
+            EventType::ConsentWithdrawn => EventPayload::ConsentWithdrawn(typed(payload)?),
+            EventType::ConsentExpired => EventPayload::ConsentExpired(typed(payload)?),
+            EventType::RiskScored => EventPayload::RiskScored(typed(payload)?),
+            EventType::PricingQuoted => EventPayload::PricingQuoted(typed(payload)?),
+            EventType::KfsIssued => EventPayload::KfsIssued(Box::new(typed(payload)?)),
+            EventType::FeeAssess => EventPayload::FeeAssess(typed(payload)?),
         };
         parsed.validate()?;
         Ok(parsed)
@@ -300,6 +381,9 @@ impl EventPayload {
                 }
                 Ok(())
             }
+            EventPayload::ApplicationReceived(p) => p.validate(),
+            EventPayload::ConsentGranted(p) => p.artefact().validate(),
+            EventPayload::RiskScored(p) => p.validate(),
             EventPayload::RepaymentReceived(p) if !p.amount.is_positive() => Err(format!(
                 "invalid amount {:?}: a repayment must be greater than zero",
                 p.amount.to_string()

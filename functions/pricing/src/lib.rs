@@ -1,0 +1,176 @@
+//! The pricing service: prices each scored application from the rate grid
+//! and the fee tariff, with its APR and contingent charges.
+//!
+//! `application.received` records the application; `risk.scored` prices
+//! it and emits `pricing.quoted`. Both check the applicant's consent for
+//! [`CREDIT_ASSESSMENT`] first.
+
+#![warn(missing_docs)]
+
+use async_trait::async_trait;
+use serde::Serialize;
+use underwrite_consent::require_consent;
+use underwrite_domain::pricing::{PricingError, PricingPolicy, PricingRequest, quote};
+use underwrite_events::origination::{ApplicationReceived, PricingQuoted, RiskScored};
+use underwrite_events::{Envelope, EventPayload};
+use underwrite_runtime::service::read_state;
+use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite};
+
+/// The consent purpose that covers assessing and pricing an application.
+pub const CREDIT_ASSESSMENT: &str = "credit_assessment";
+
+/// Key prefix of recorded applications.
+pub const APPLICATION_PREFIX: &str = "pricing/application/";
+
+/// The store key of an application.
+pub fn application_key(application_id: &str) -> String {
+    format!("{APPLICATION_PREFIX}{application_id}")
+}
+
+/// The pricing service.
+pub struct Pricing {
+    policy: PricingPolicy,
+}
+
+impl Pricing {
+    /// A pricing service with this rate grid and tariff.
+    pub fn new(policy: PricingPolicy) -> Self {
+        Pricing { policy }
+    }
+
+    async fn on_application(
+        &self,
+        event: &Envelope,
+        application: &ApplicationReceived,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        require_consent(
+            context.store,
+            application.borrower_id.as_str(),
+            CREDIT_ASSESSMENT,
+            event.business_date,
+        )
+        .await?;
+        let key = application_key(application.application_id.as_str());
+        let (existing, read) = read_state::<ApplicationReceived>(context.store, &key).await?;
+        let mut outcome = Outcome::default();
+        match existing {
+            Some(existing) if &existing == application => {}
+            Some(_) => {
+                return Err(HandlerError::permanent(
+                    "application_conflict",
+                    format!(
+                        "application {} was already received with different terms; send a new application_id",
+                        application.application_id
+                    ),
+                ));
+            }
+            None => outcome
+                .writes
+                .push(StateWrite::put(key, to_value(application), &read)),
+        }
+        Ok(outcome)
+    }
+
+    async fn on_scored(
+        &self,
+        event: &Envelope,
+        scored: &RiskScored,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let key = application_key(scored.application_id.as_str());
+        let (application, _) = read_state::<ApplicationReceived>(context.store, &key).await?;
+        let application = application.ok_or_else(|| {
+            HandlerError::retryable(
+                "application_not_found",
+                format!(
+                    "application {} not found for risk.scored: send the application.received first or check the application_id",
+                    scored.application_id
+                ),
+            )
+        })?;
+        require_consent(
+            context.store,
+            application.borrower_id.as_str(),
+            CREDIT_ASSESSMENT,
+            event.business_date,
+        )
+        .await?;
+        let request = PricingRequest {
+            grade: scored.grade.clone(),
+            amount: application.amount,
+            tenor_months: application.tenor_months,
+            first_due_date: application.first_due_date,
+            rate_type: application.rate_type,
+            borrower_type: application.borrower_type,
+            purpose: application.purpose,
+            microfinance: application.microfinance,
+        };
+        let quote = quote(&self.policy, &request).map_err(|error| {
+            let code = match error {
+                PricingError::UnknownGrade { .. } => "unknown_grade",
+                PricingError::Schedule(_) => "invalid_application",
+                PricingError::Apr(_) => "invalid_fees",
+            };
+            HandlerError::permanent(
+                code,
+                format!("application {}: {error}", scored.application_id),
+            )
+        })?;
+        let quoted = PricingQuoted {
+            application_id: application.application_id.clone(),
+            borrower_id: application.borrower_id.clone(),
+            product: application.product.clone(),
+            quote,
+        };
+        Ok(Outcome {
+            writes: Vec::new(),
+            emits: vec![Envelope::caused_by(
+                event,
+                0,
+                context.service,
+                application.application_id.as_str(),
+                event.business_date,
+                &EventPayload::PricingQuoted(quoted),
+            )],
+        })
+    }
+}
+
+#[async_trait]
+impl Service for Pricing {
+    fn name(&self) -> &'static str {
+        "pricing"
+    }
+
+    fn subscriptions(&self) -> &'static [&'static str] {
+        &["application.received", "risk.scored"]
+    }
+
+    async fn handle(
+        &self,
+        event: &Envelope,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let payload = event.typed().map_err(|error| {
+            HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
+        })?;
+        match &payload {
+            EventPayload::ApplicationReceived(application) => {
+                self.on_application(event, application, context).await
+            }
+            EventPayload::RiskScored(scored) => self.on_scored(event, scored, context).await,
+            _ => Err(HandlerError::permanent(
+                "unsubscribed_type",
+                format!(
+                    "pricing does not handle {}; check the routing",
+                    event.event_type
+                ),
+            )),
+        }
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("state types serialise to JSON")
+}

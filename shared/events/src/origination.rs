@@ -1,0 +1,218 @@
+//! Payloads of the origination events: applications, consent, risk scores,
+//! quotes, Key Fact Statements and charge assessments.
+
+use serde::{Deserialize, Serialize};
+use underwrite_domain::consent::ConsentArtefact;
+use underwrite_domain::pricing::{BorrowerType, LoanPurpose, Quote, RateType, RiskGrade};
+use underwrite_domain::schedule::MAX_TENOR_MONTHS;
+use underwrite_domain::{BusinessDate, Paise};
+
+use crate::ids::{ApplicationId, BorrowerId, ConsentId, LoanId};
+
+/// `application.received`: a loan application arrived from the lender's
+/// front end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationReceived {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The applicant, also the data principal whose consent is checked.
+    pub borrower_id: BorrowerId,
+    /// Product code.
+    pub product: String,
+    /// Amount requested.
+    pub amount: Paise,
+    /// Number of monthly instalments requested.
+    pub tenor_months: u32,
+    /// Fixed or floating rate.
+    pub rate_type: RateType,
+    /// Individual, MSE or other.
+    pub borrower_type: BorrowerType,
+    /// Business or non-business purpose.
+    pub purpose: LoanPurpose,
+    /// Whether the loan is a microfinance loan.
+    #[serde(default)]
+    pub microfinance: bool,
+    /// Date of the application.
+    pub applied_on: BusinessDate,
+    /// Requested due date of the first instalment.
+    pub first_due_date: BusinessDate,
+}
+
+impl ApplicationReceived {
+    /// Checks the rules the types alone do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.amount.is_positive() {
+            return Err(format!(
+                "invalid amount {:?}: it must be greater than zero",
+                self.amount.to_string()
+            ));
+        }
+        if self.tenor_months == 0 || self.tenor_months > MAX_TENOR_MONTHS {
+            return Err(format!(
+                "invalid tenor_months {}: it must be between 1 and {MAX_TENOR_MONTHS}",
+                self.tenor_months
+            ));
+        }
+        if self.first_due_date <= self.applied_on {
+            return Err(format!(
+                "invalid first_due_date {}: it must be after applied_on {}",
+                self.first_due_date, self.applied_on
+            ));
+        }
+        if self.product.is_empty() || self.product.len() > 64 {
+            return Err(format!(
+                "invalid product {:?}: use 1 to 64 characters",
+                self.product
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `consent.granted`: a data principal gave consent (DPDP Act 2023, s. 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentGranted {
+    /// The artefact's id.
+    pub consent_id: ConsentId,
+    /// The data principal.
+    pub principal_id: BorrowerId,
+    /// Purposes consented to, such as `credit_assessment`.
+    pub purposes: Vec<String>,
+    /// Personal data items covered, such as `pan`.
+    pub data_items: Vec<String>,
+    /// Version of the notice shown.
+    pub notice_version: String,
+    /// Language of the notice, such as `en` or `hi`.
+    pub notice_language: String,
+    /// Date consent was given.
+    pub given_on: BusinessDate,
+    /// Last date on which the consent holds.
+    pub expires_on: BusinessDate,
+}
+
+impl ConsentGranted {
+    /// The artefact this grant records.
+    pub fn artefact(&self) -> ConsentArtefact {
+        ConsentArtefact {
+            consent_id: self.consent_id.to_string(),
+            principal_id: self.principal_id.to_string(),
+            purposes: self.purposes.clone(),
+            data_items: self.data_items.clone(),
+            notice_version: self.notice_version.clone(),
+            notice_language: self.notice_language.clone(),
+            given_on: self.given_on,
+            expires_on: self.expires_on,
+            withdrawn_on: None,
+        }
+    }
+}
+
+/// `consent.withdrawn`: a data principal withdrew a consent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentWithdrawn {
+    /// The artefact withdrawn.
+    pub consent_id: ConsentId,
+    /// The data principal.
+    pub principal_id: BorrowerId,
+    /// Date of withdrawal; the consent holds no longer from this date.
+    pub withdrawn_on: BusinessDate,
+}
+
+/// `consent.expired`: a consent passed its last date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentExpired {
+    /// The artefact.
+    pub consent_id: ConsentId,
+    /// The data principal.
+    pub principal_id: BorrowerId,
+    /// The purposes that no longer have consent from this artefact.
+    pub purposes: Vec<String>,
+    /// Its last valid date.
+    pub expires_on: BusinessDate,
+}
+
+/// `risk.scored`: the scorecard graded an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskScored {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// Probability of default, a decimal string from "0" to "1".
+    pub pd: String,
+    /// The risk grade, which keys the pricing grid.
+    pub grade: RiskGrade,
+    /// Version of the scorecard that scored it.
+    pub model_version: String,
+    /// Reason codes, most important first.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+}
+
+impl RiskScored {
+    /// Checks the rules the types alone do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        let (whole, fraction) = self.pd.split_once('.').unwrap_or((&self.pd, ""));
+        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        let in_range = (whole == "0" || (whole == "1" && fraction.bytes().all(|b| b == b'0')))
+            && digits(fraction)
+            && fraction.len() <= 6
+            && !(self.pd.contains('.') && fraction.is_empty());
+        if !in_range {
+            return Err(format!(
+                "invalid pd {:?}: expected a decimal string from \"0\" to \"1\" with at most six decimals, such as \"0.0423\"",
+                self.pd
+            ));
+        }
+        if self.model_version.is_empty() {
+            return Err("missing model_version: name the scorecard version that scored".into());
+        }
+        Ok(())
+    }
+}
+
+/// `pricing.quoted`: an application was priced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingQuoted {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The applicant.
+    pub borrower_id: BorrowerId,
+    /// Product code.
+    pub product: String,
+    /// The price: rate, EMI, fees, APR and contingent charges.
+    pub quote: Quote,
+}
+
+/// The kind of a charge assessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeKind {
+    /// A penal charge on an overdue instalment.
+    Penal,
+}
+
+/// `fee.assess`: a charge is to be levied on a loan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeAssess {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The kind of charge.
+    pub kind: ChargeKind,
+    /// The instalment charged.
+    pub instalment: u32,
+    /// The instalment's due date.
+    pub due_date: BusinessDate,
+    /// The amount the charge was computed on: the instalment's unpaid
+    /// interest and principal, never earlier charges.
+    pub basis: Paise,
+    /// The charge.
+    pub amount: Paise,
+    /// The business date of the assessment.
+    pub assessed_on: BusinessDate,
+}
