@@ -18,8 +18,8 @@ use underwrite_pricing::Pricing;
 use underwrite_runtime::{Service, Store};
 use underwrite_tests::{Harness, days_closed, disbursal, repayment};
 
-/// The RBI KFS circular's Annex B tariff: grade A at 15%, ₹240 to the
-/// lender and ₹160 to a third party, both one-time.
+/// Builds the RBI KFS circular's Annex B tariff: grade A at 15%, ₹240 to
+/// the lender and ₹160 to a third party, both one-time.
 fn annex_b_policy() -> PricingPolicy {
     let fee = |name: &str, recipient, amount: &str| FeeRule {
         name: name.into(),
@@ -95,7 +95,7 @@ fn application(application: &str, borrower: &str, applied_on: &str) -> String {
     .to_string()
 }
 
-/// A `risk.scored` event as the risk service emits it.
+/// Builds a `risk.scored` event as the risk service emits it.
 fn risk_scored(application: &str, grade: &str, on: &str) -> Envelope {
     let id = format!("risk-{application}");
     serde_json::from_value(json!({

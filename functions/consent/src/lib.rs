@@ -26,7 +26,7 @@ pub const EXPIRY_PREFIX: &str = "consent/expiry/";
 /// Entries of the expiry index read per store scan.
 const EXPIRY_PAGE: usize = 500;
 
-/// The store key of a principal's artefacts.
+/// Returns the store key of a principal's artefacts.
 pub fn principal_key(principal_id: &str) -> String {
     format!("{PRINCIPAL_PREFIX}{principal_id}")
 }
@@ -54,7 +54,7 @@ struct ExpiryEntry {
 ///
 /// Withdrawn, expired and not-yet-given consent is a permanent error naming
 /// the purpose. Missing consent is retryable, because the grant may still
-/// be on its way; after the queue's receive limit the event lands in the
+/// be on its way. After the queue's receive limit the event goes to the
 /// dead-letter queue with the same message.
 pub async fn require_consent(
     store: &dyn Store,
@@ -182,7 +182,7 @@ impl Consent {
     ) -> Result<(), HandlerError> {
         let mut after: Option<String> = None;
         let mut position = 0u32;
-        loop {
+        'scan: loop {
             let page = context
                 .store
                 .scan(EXPIRY_PREFIX, after.as_deref(), EXPIRY_PAGE)
@@ -198,7 +198,7 @@ impl Consent {
                 let expires_on: BusinessDate =
                     date_text.parse().map_err(|_| corrupt_index(&index_key))?;
                 if expires_on > closed {
-                    return Ok(());
+                    break 'scan;
                 }
                 let entry: ExpiryEntry = serde_json::from_value(read.value.clone())
                     .map_err(|_| corrupt_index(&index_key))?;
@@ -231,6 +231,9 @@ impl Consent {
                     .writes
                     .push(StateWrite::delete(index_key, &Some(read)));
             }
+        }
+        if position > 0 {
+            tracing::info!(business_date = %closed, expired = position, "Expired consents past their last date");
         }
         Ok(())
     }

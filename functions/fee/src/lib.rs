@@ -42,7 +42,7 @@ pub const AGENDA_PREFIX: &str = "fee/agenda/";
 /// Agenda entries read per store scan at day-end.
 const AGENDA_PAGE: usize = 500;
 
-/// The store key of a loan's record.
+/// Returns the store key of a loan's record.
 pub fn loan_key(loan_id: &str) -> String {
     format!("{LOAN_PREFIX}{loan_id}")
 }
@@ -99,7 +99,7 @@ pub struct Fee {
 }
 
 impl Fee {
-    /// A fee service with this penal policy, grace and product settings.
+    /// Creates a fee service with this penal policy, grace and product settings.
     pub fn new(penal: PenalPolicy, settings: FeeSettings, products: ProductCatalog) -> Self {
         Fee {
             penal,
@@ -180,6 +180,9 @@ impl Fee {
                     .writes
                     .push(StateWrite::delete(agenda_key, &Some(agenda_read)));
             }
+        }
+        if position > 0 {
+            tracing::info!(business_date = %closed, assessed = position, "Assessed penal charges on overdue instalments");
         }
         Ok(())
     }

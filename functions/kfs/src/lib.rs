@@ -21,16 +21,16 @@ use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, St
 /// Key prefix of issued KFSs.
 pub const KFS_PREFIX: &str = "kfs/";
 
-/// The store key of a KFS.
+/// Returns the store key of a KFS.
 pub fn kfs_key(proposal_number: &str) -> String {
     format!("{KFS_PREFIX}{proposal_number}")
 }
 
-/// What the lender adds to every KFS.
+/// The lender's details on every KFS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KfsSettings {
-    /// The lender's name as the borrower sees it.
+    /// The lender's name as shown to the borrower.
     pub lender_name: String,
     /// The grievance redressal officer named in part 2.
     pub grievance_officer: GrievanceOfficer,
@@ -108,7 +108,7 @@ pub struct KfsService {
 }
 
 impl KfsService {
-    /// A kfs service with these lender details and holidays.
+    /// Creates a kfs service with these lender details and holidays.
     pub fn new(settings: KfsSettings) -> Self {
         let calendar = WorkingCalendar::new(settings.holidays.iter().copied());
         KfsService { settings, calendar }
@@ -152,6 +152,12 @@ impl KfsService {
             kfs: kfs.clone(),
         };
         let subject = kfs.proposal_number.clone();
+        tracing::info!(
+            proposal_number = %kfs.proposal_number,
+            application_id = %quoted.application_id,
+            valid_until = %kfs.valid_until,
+            "Issued KFS"
+        );
         Ok(Outcome {
             writes: vec![StateWrite::put(
                 key,

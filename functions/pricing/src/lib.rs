@@ -22,7 +22,7 @@ pub const CREDIT_ASSESSMENT: &str = "credit_assessment";
 /// Key prefix of recorded applications.
 pub const APPLICATION_PREFIX: &str = "pricing/application/";
 
-/// The store key of an application.
+/// Returns the store key of an application.
 pub fn application_key(application_id: &str) -> String {
     format!("{APPLICATION_PREFIX}{application_id}")
 }
@@ -33,7 +33,7 @@ pub struct Pricing {
 }
 
 impl Pricing {
-    /// A pricing service with this rate grid and tariff.
+    /// Creates a pricing service with this rate grid and tariff.
     pub fn new(policy: PricingPolicy) -> Self {
         Pricing { policy }
     }
@@ -117,6 +117,12 @@ impl Pricing {
                 format!("application {}: {error}", scored.application_id),
             )
         })?;
+        tracing::debug!(
+            application_id = %scored.application_id,
+            grade = %quote.grade,
+            apr = %quote.apr,
+            "Priced application"
+        );
         let quoted = PricingQuoted {
             application_id: application.application_id.clone(),
             borrower_id: application.borrower_id.clone(),

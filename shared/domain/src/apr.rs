@@ -64,7 +64,7 @@ fn present_value(flows: &[Paise], monthly: i128) -> i128 {
 /// month, the first a month after disbursal) are worth `net` today.
 ///
 /// Bisection on [0, 100% a month]: the present value falls as the rate
-/// rises, so the bracket always holds the root. Iteration stops when the
+/// rises, so the bracket always contains the root. Iteration stops when the
 /// bracket is one unit wide, a precision of 10^-18 a month; fixed-point
 /// truncation in each discount step bounds the accuracy at about 10^-15 a
 /// month, far below the 0.0001% a year the result is rounded to.

@@ -167,9 +167,11 @@ mod tests {
             TWO_PERCENT,
             &BTreeSet::new(),
         );
+
         // Levy the first charge on the ledger, as the servicing ledger does.
         ledger.charges = vec![first[0].charge];
         let assessed = BTreeSet::from([1]);
+
         // A month later the first instalment, now carrying its charge, is
         // not charged again, and the second is charged on its own amount.
         let later = assess_penal(&ledger, date("2024-03-05"), 0, TWO_PERCENT, &assessed);
@@ -177,6 +179,7 @@ mod tests {
         assert_eq!(later[0].instalment, 2);
         assert_eq!(later[0].overdue, rupees("8884.88"));
         assert_eq!(later[0].charge, rupees("177.70"));
+
         // Even without the record of earlier assessments, the basis of the
         // first instalment leaves its charge out.
         let again = assess_penal(
@@ -188,6 +191,7 @@ mod tests {
         );
         assert_eq!(again[0].overdue, rupees("8884.88"));
         assert_eq!(again[0].charge, first[0].charge);
+
         // A payment that clears the charge and part of the instalment
         // lowers the basis by what reached interest and principal only.
         ledger.add_payment("P1", date("2024-03-05"), rupees("1177.70"));

@@ -30,7 +30,7 @@ pub struct ConsentArtefact {
     pub given_on: BusinessDate,
     /// Last date on which the consent holds.
     pub expires_on: BusinessDate,
-    /// Date the principal withdrew it; it holds no longer from that date.
+    /// Date the principal withdrew it; it is no longer in force from that date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawn_on: Option<BusinessDate>,
 }
@@ -50,7 +50,7 @@ pub enum ConsentStatus {
 }
 
 impl ConsentArtefact {
-    /// The artefact's state at `on`. Withdrawal wins over expiry.
+    /// Returns the artefact's state on `on`. Withdrawal wins over expiry.
     pub fn status(&self, on: BusinessDate) -> ConsentStatus {
         match self.withdrawn_on {
             Some(withdrawn) if withdrawn <= on => ConsentStatus::Withdrawn,
@@ -113,7 +113,7 @@ fn is_token(text: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// Why personal data may not be processed for a purpose.
+/// Reasons personal data may not be processed for a purpose.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConsentError {
     /// No artefact of the principal covers the purpose.
@@ -171,7 +171,7 @@ pub enum ConsentError {
 }
 
 impl ConsentError {
-    /// The purpose that lacks consent.
+    /// Returns the purpose that lacks consent.
     pub fn purpose(&self) -> &str {
         match self {
             ConsentError::Missing { purpose, .. }
@@ -182,7 +182,7 @@ impl ConsentError {
     }
 }
 
-/// Checks that one of `artefacts`, all of `principal_id`, holds active
+/// Checks that one of `artefacts`, all of `principal_id`, gives active
 /// consent for `purpose` on `on`, returning that artefact.
 ///
 /// When none is active, the error describes the artefact for the purpose

@@ -1,4 +1,5 @@
-//! The Key Fact Statement (KFS) a borrower sees and accepts before sanction.
+//! The Key Fact Statement (KFS) a borrower receives and accepts before
+//! sanction.
 //!
 //! Rules from the RBI KFS circular (RBI/2024-25/18, 15 Apr 2024), which
 //! covers every retail and MSME term loan sanctioned from 1 Oct 2024:
@@ -49,7 +50,7 @@ pub struct WorkingCalendar {
 }
 
 impl WorkingCalendar {
-    /// A calendar with these holidays.
+    /// Creates a calendar with these holidays.
     pub fn new(holidays: impl IntoIterator<Item = BusinessDate>) -> Self {
         WorkingCalendar {
             holidays: holidays.into_iter().collect(),
@@ -146,7 +147,7 @@ pub struct Kfs {
     pub ombudsman_after_days: u32,
 }
 
-/// What the lender adds to a quote to issue a KFS.
+/// The lender's details that turn a quote into a KFS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KfsIssue<'a> {
     /// The application priced.
@@ -165,7 +166,7 @@ pub struct KfsIssue<'a> {
     pub calendar: &'a WorkingCalendar,
 }
 
-/// Why a KFS cannot be accepted on a date.
+/// Reasons a KFS cannot be accepted on a date.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AcceptanceError {
     /// The validity period is over.
@@ -195,7 +196,7 @@ pub enum AcceptanceError {
 }
 
 impl AcceptanceError {
-    /// A fixed code for logs, metrics and rejection reasons.
+    /// Returns a fixed code for logs, metrics and rejection reasons.
     pub fn code(&self) -> &'static str {
         match self {
             AcceptanceError::Expired { .. } => "kfs_expired",

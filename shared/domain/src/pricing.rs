@@ -56,7 +56,7 @@ impl RiskGrade {
         }
     }
 
-    /// The grade's text.
+    /// Returns the grade's text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -97,7 +97,7 @@ pub enum BorrowerType {
     Other,
 }
 
-/// What the loan is for.
+/// The loan's purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoanPurpose {
@@ -237,7 +237,7 @@ pub fn prepayment_prohibition(case: &PrepaymentCase) -> Option<PrepaymentProhibi
     }
 }
 
-/// Who receives a fee.
+/// The recipient of a fee.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeeRecipient {
@@ -257,7 +257,7 @@ pub enum FeeFrequency {
     Recurring,
 }
 
-/// How a fee's amount is set.
+/// The rule for a fee's amount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum FeeAmount {
@@ -535,6 +535,7 @@ pub fn quote(policy: &PricingPolicy, request: &PricingRequest) -> Result<Quote, 
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+
     let schedule = Schedule::build(
         request.amount,
         annual_rate,
@@ -547,6 +548,7 @@ pub fn quote(policy: &PricingPolicy, request: &PricingRequest) -> Result<Quote, 
         .iter()
         .map(|rule| fee_line(rule, request.amount, policy.gst_basis_points))
         .collect();
+
     let sum_of = |frequency: FeeFrequency| -> Paise {
         fees.iter()
             .filter(|fee| fee.frequency == frequency)
@@ -556,6 +558,7 @@ pub fn quote(policy: &PricingPolicy, request: &PricingRequest) -> Result<Quote, 
     let upfront_fees = sum_of(FeeFrequency::OneTime);
     let recurring_fees = sum_of(FeeFrequency::Recurring);
     let net_disbursed = request.amount - upfront_fees;
+
     // Every fee enters the APR: upfront ones reduce the amount received,
     // recurring ones add to each instalment paid.
     let flows: Vec<Paise> = schedule
@@ -565,6 +568,7 @@ pub fn quote(policy: &PricingPolicy, request: &PricingRequest) -> Result<Quote, 
         .collect();
     let apr = monthly_apr(net_disbursed, &flows)?;
     let total_payable = flows.iter().copied().sum::<Paise>() + upfront_fees;
+
     let case = PrepaymentCase {
         rate_type: request.rate_type,
         borrower_type: request.borrower_type,
@@ -574,6 +578,7 @@ pub fn quote(policy: &PricingPolicy, request: &PricingRequest) -> Result<Quote, 
         microfinance: request.microfinance,
     };
     let forbidden_by = prepayment_prohibition(&case);
+
     let last_due_date = schedule
         .instalments
         .last()

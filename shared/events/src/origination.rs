@@ -88,12 +88,12 @@ pub struct ConsentGranted {
     pub notice_language: String,
     /// Date consent was given.
     pub given_on: BusinessDate,
-    /// Last date on which the consent holds.
+    /// Last date on which the consent is in force.
     pub expires_on: BusinessDate,
 }
 
 impl ConsentGranted {
-    /// The artefact this grant records.
+    /// Returns the artefact this grant records.
     pub fn artefact(&self) -> ConsentArtefact {
         ConsentArtefact {
             consent_id: self.consent_id.to_string(),

@@ -2,8 +2,8 @@
 //!
 //! Every label has an English and a Hindi (Devanagari) text. Values that
 //! come from configuration, such as fee names and the grievance officer's
-//! details, are shown as configured; values underwrite words itself (rate
-//! type, fee frequency, charge descriptions, clauses) are translated.
+//! details, are shown as configured. Values whose wording underwrite writes
+//! (rate type, fee frequency, charge descriptions, clauses) are translated.
 
 use crate::money::Paise;
 use crate::pricing::{
@@ -22,7 +22,7 @@ pub enum Language {
 }
 
 impl Language {
-    /// The BCP 47 tag, for the HTML `lang` attribute.
+    /// Returns the BCP 47 tag, for the HTML `lang` attribute.
     pub fn tag(self) -> &'static str {
         match self {
             Language::English => "en",
