@@ -459,3 +459,42 @@ async fn paid_instalments_bear_no_penal_charge() {
     harness.run().await;
     assert!(emitted(&harness, "fee.assess").await.is_empty());
 }
+
+#[tokio::test]
+async fn withdrawal_before_grant_is_retried() {
+    let harness = origination();
+    harness.publish(&[
+        consent_withdrawn("C1", "B1", "2024-06-03"),
+        consent_granted("C1", "B1", "2024-06-01", "2024-06-05"),
+    ]);
+    harness.run().await;
+    assert_eq!(harness.store().dead_letter_count().unwrap(), 0);
+
+    let store: &dyn Store = harness.store();
+    let record = store
+        .get(&underwrite_consent::principal_key("B1"))
+        .await
+        .unwrap()
+        .expect("consent recorded");
+    assert_eq!(record.value["artefacts"][0]["withdrawn_on"], "2024-06-03");
+
+    // A withdrawn consent does not expire later.
+    harness.publish(&days_closed("2024-06-04", "2024-06-06"));
+    harness.run().await;
+    assert!(emitted(&harness, "consent.expired").await.is_empty());
+}
+
+#[tokio::test]
+async fn changed_grant_is_rejected() {
+    let harness = origination();
+    harness.publish(&[consent_granted("C1", "B1", "2024-06-01", "2025-05-31")]);
+    harness.run().await;
+    let mut changed: Value =
+        serde_json::from_str(&consent_granted("C1", "B1", "2024-06-01", "2026-05-31")).unwrap();
+    changed["id"] = json!("grant-C1-again");
+    harness.publish(&[changed.to_string()]);
+    harness.run().await;
+    let dead = harness.store().dead_letters(Some("consent")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error_code, "consent_conflict");
+}

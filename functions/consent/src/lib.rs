@@ -2,7 +2,9 @@
 //! Digital Personal Data Protection Act 2023.
 //!
 //! `consent.granted` and `consent.withdrawn` record artefacts; `day.closed`
-//! expires those past their last date and emits `consent.expired`. Other
+//! expires those past their last date and emits `consent.expired`. A
+//! withdrawal that arrives after the `day.closed` of the consent's last
+//! date is still recorded, but `consent.expired` has then already gone out. Other
 //! services call [`require_consent`] before processing a principal's
 //! personal data for a purpose.
 
@@ -14,7 +16,7 @@ use underwrite_domain::BusinessDate;
 use underwrite_domain::consent::{ConsentArtefact, ConsentError, check_consent};
 use underwrite_events::origination::{ConsentExpired, ConsentGranted, ConsentWithdrawn};
 use underwrite_events::{ConsentId, Envelope, EventPayload};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store};
 
 /// Key prefix of each principal's artefacts.
@@ -263,9 +265,7 @@ impl Service for Consent {
         event: &Envelope,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
-        let payload = event.typed().map_err(|error| {
-            HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
-        })?;
+        let payload = typed_payload(event)?;
         let mut outcome = Outcome::default();
         match &payload {
             EventPayload::ConsentGranted(grant) => {
@@ -279,13 +279,7 @@ impl Service for Consent {
                     .await?
             }
             _ => {
-                return Err(HandlerError::permanent(
-                    "unsubscribed_type",
-                    format!(
-                        "consent does not handle {}; check the routing",
-                        event.event_type
-                    ),
-                ));
+                return Err(unsubscribed(self.name(), event));
             }
         }
         Ok(outcome)

@@ -27,7 +27,7 @@ use underwrite_events::origination::{ChargeKind, FeeAssess};
 use underwrite_events::payloads::{RepaymentReceived, RepaymentReversed};
 use underwrite_events::{Envelope, EventPayload, LoanId};
 use underwrite_mechanism::{LoanRecord, apply_to_record, disburse, loan_not_found};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Versioned};
 
 /// Key prefix of the fee service's loan records.
@@ -262,9 +262,7 @@ impl Service for Fee {
         event: &Envelope,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
-        let payload = event.typed().map_err(|error| {
-            HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
-        })?;
+        let payload = typed_payload(event)?;
         let mut outcome = Outcome::default();
         match &payload {
             EventPayload::LoanDisbursed(terms) => {
@@ -281,13 +279,7 @@ impl Service for Fee {
                     .await?
             }
             _ => {
-                return Err(HandlerError::permanent(
-                    "unsubscribed_type",
-                    format!(
-                        "fee does not handle {}; check the routing",
-                        event.event_type
-                    ),
-                ));
+                return Err(unsubscribed(self.name(), event));
             }
         }
         Ok(outcome)

@@ -15,7 +15,7 @@ use underwrite_domain::kfs::{
 };
 use underwrite_events::origination::PricingQuoted;
 use underwrite_events::{Envelope, EventPayload};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store};
 
 /// Key prefix of issued KFSs.
@@ -191,18 +191,10 @@ impl Service for KfsService {
         event: &Envelope,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
-        let payload = event.typed().map_err(|error| {
-            HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
-        })?;
+        let payload = typed_payload(event)?;
         match &payload {
             EventPayload::PricingQuoted(quoted) => self.on_quoted(event, quoted, context).await,
-            _ => Err(HandlerError::permanent(
-                "unsubscribed_type",
-                format!(
-                    "kfs does not handle {}; check the routing",
-                    event.event_type
-                ),
-            )),
+            _ => Err(unsubscribed(self.name(), event)),
         }
     }
 }

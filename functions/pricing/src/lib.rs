@@ -13,7 +13,7 @@ use underwrite_consent::require_consent;
 use underwrite_domain::pricing::{PricingError, PricingPolicy, PricingRequest, quote};
 use underwrite_events::origination::{ApplicationReceived, PricingQuoted, RiskScored};
 use underwrite_events::{Envelope, EventPayload};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite};
 
 /// The consent purpose that covers assessing and pricing an application.
@@ -158,21 +158,13 @@ impl Service for Pricing {
         event: &Envelope,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
-        let payload = event.typed().map_err(|error| {
-            HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
-        })?;
+        let payload = typed_payload(event)?;
         match &payload {
             EventPayload::ApplicationReceived(application) => {
                 self.on_application(event, application, context).await
             }
             EventPayload::RiskScored(scored) => self.on_scored(event, scored, context).await,
-            _ => Err(HandlerError::permanent(
-                "unsubscribed_type",
-                format!(
-                    "pricing does not handle {}; check the routing",
-                    event.event_type
-                ),
-            )),
+            _ => Err(unsubscribed(self.name(), event)),
         }
     }
 }

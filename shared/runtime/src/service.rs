@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use thiserror::Error;
-use underwrite_events::Envelope;
+use underwrite_events::{Envelope, EventPayload};
 
 use crate::store::{StateWrite, Store, StoreError};
 
@@ -109,6 +109,26 @@ pub trait Service: Send + Sync {
         event: &Envelope,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError>;
+}
+
+/// Parses an event's payload as its type. A failure is a permanent
+/// `invalid_event` error naming the event, since the same bytes fail the
+/// same way on every retry.
+pub fn typed_payload(event: &Envelope) -> Result<EventPayload, HandlerError> {
+    event.typed().map_err(|error| {
+        HandlerError::permanent("invalid_event", format!("event {}: {error}", event.id))
+    })
+}
+
+/// Creates the permanent error for an event type `service` does not handle.
+pub fn unsubscribed(service: &str, event: &Envelope) -> HandlerError {
+    HandlerError::permanent(
+        "unsubscribed_type",
+        format!(
+            "{service} does not handle {}; check the routing",
+            event.event_type
+        ),
+    )
 }
 
 /// Reads and parses a JSON state value.
