@@ -160,15 +160,13 @@ async fn application_priced_and_kfs_issued() {
     assert_eq!(kfs["valid_until"], "2024-06-11");
 
     let store: &dyn Store = harness.store();
-    let stored: StoredKfs = serde_json::from_value(
-        store
-            .get(&kfs_key("KFS-APP1-20240607"))
-            .await
-            .unwrap()
-            .expect("KFS stored")
-            .value,
-    )
-    .unwrap();
+    let stored: StoredKfs = store
+        .get(&kfs_key("KFS-APP1-20240607"))
+        .await
+        .unwrap()
+        .expect("KFS stored")
+        .parse("kfs")
+        .unwrap();
     assert!(stored.html_hi.contains("मुख्य तथ्य विवरण"));
     assert!(stored.html_hi.contains("17.07%"));
     assert!(stored.html_en.contains("Key Fact Statement"));
@@ -471,12 +469,14 @@ async fn withdrawal_before_grant_is_retried() {
     assert_eq!(harness.store().dead_letter_count().unwrap(), 0);
 
     let store: &dyn Store = harness.store();
-    let record = store
+    let record: Value = store
         .get(&underwrite_consent::principal_key("B1"))
         .await
         .unwrap()
-        .expect("consent recorded");
-    assert_eq!(record.value["artefacts"][0]["withdrawn_on"], "2024-06-03");
+        .expect("consent recorded")
+        .parse("consent")
+        .unwrap();
+    assert_eq!(record["artefacts"][0]["withdrawn_on"], "2024-06-03");
 
     // A withdrawn consent does not expire later.
     harness.publish(&days_closed("2024-06-04", "2024-06-06"));

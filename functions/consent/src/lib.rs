@@ -122,15 +122,13 @@ impl Consent {
         }
         let index_key = expiry_key(artefact.expires_on, &artefact.consent_id);
         record.artefacts.push(artefact);
-        outcome
-            .writes
-            .push(StateWrite::put(key, to_value(&record), &read));
+        outcome.writes.push(StateWrite::put(key, &record, &read));
         let entry = ExpiryEntry {
             principal_id: grant.principal_id.to_string(),
         };
         outcome
             .writes
-            .push(StateWrite::put(index_key, to_value(&entry), &None));
+            .push(StateWrite::put(index_key, &entry, &None));
         Ok(())
     }
 
@@ -165,9 +163,7 @@ impl Consent {
         }
         artefact.withdrawn_on = Some(withdrawal.withdrawn_on);
         let index_key = expiry_key(artefact.expires_on, &artefact.consent_id);
-        outcome
-            .writes
-            .push(StateWrite::put(key, to_value(&record), &read));
+        outcome.writes.push(StateWrite::put(key, &record, &read));
         let index = context.store.get(&index_key).await?;
         if index.is_some() {
             outcome.writes.push(StateWrite::delete(index_key, &index));
@@ -202,8 +198,7 @@ impl Consent {
                 if expires_on > closed {
                     break 'scan;
                 }
-                let entry: ExpiryEntry = serde_json::from_value(read.value.clone())
-                    .map_err(|_| corrupt_index(&index_key))?;
+                let entry: ExpiryEntry = read.parse(&index_key)?;
                 let (record, _) = read_state::<PrincipalConsents>(
                     context.store,
                     &principal_key(&entry.principal_id),
@@ -284,8 +279,4 @@ impl Service for Consent {
         }
         Ok(outcome)
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("state types serialise to JSON")
 }

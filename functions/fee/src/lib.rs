@@ -171,9 +171,7 @@ impl Fee {
                 position += 1;
             }
             if !assessments.is_empty() {
-                outcome
-                    .writes
-                    .push(StateWrite::put(key, to_value(&record), &read));
+                outcome.writes.push(StateWrite::put(key, &record, &read));
             }
             for (agenda_key, agenda_read) in entries {
                 outcome
@@ -206,7 +204,7 @@ impl Fee {
                         .add_days(i64::from(self.settings.grace_days));
                     outcome.writes.push(StateWrite::put(
                         agenda_key(check_date, loan_id.as_str(), instalment.number),
-                        serde_json::json!({}),
+                        &serde_json::json!({}),
                         &None,
                     ));
                 }
@@ -214,18 +212,14 @@ impl Fee {
                     loan,
                     assessed: BTreeMap::new(),
                 };
-                outcome
-                    .writes
-                    .push(StateWrite::put(key, to_value(&record), &read));
+                outcome.writes.push(StateWrite::put(key, &record, &read));
             }
             return Ok(());
         }
         let mut record =
             existing.ok_or_else(|| loan_not_found(loan_id.as_str(), &event.event_type))?;
         if apply_to_record(&mut record.loan, payload)? {
-            outcome
-                .writes
-                .push(StateWrite::put(key, to_value(&record), &read));
+            outcome.writes.push(StateWrite::put(key, &record, &read));
         }
         Ok(())
     }
@@ -284,8 +278,4 @@ impl Service for Fee {
         }
         Ok(outcome)
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("state types serialise to JSON")
 }

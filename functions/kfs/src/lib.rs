@@ -159,11 +159,7 @@ impl KfsService {
             "Issued KFS"
         );
         Ok(Outcome {
-            writes: vec![StateWrite::put(
-                key,
-                serde_json::to_value(&stored).expect("a stored KFS serialises to JSON"),
-                &read,
-            )],
+            writes: vec![StateWrite::put(key, &stored, &read)],
             emits: vec![Envelope::caused_by(
                 event,
                 0,

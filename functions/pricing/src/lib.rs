@@ -8,7 +8,6 @@
 #![warn(missing_docs)]
 
 use async_trait::async_trait;
-use serde::Serialize;
 use underwrite_consent::require_consent;
 use underwrite_domain::pricing::{PricingError, PricingPolicy, PricingRequest, quote};
 use underwrite_events::origination::{ApplicationReceived, PricingQuoted, RiskScored};
@@ -67,7 +66,7 @@ impl Pricing {
             }
             None => outcome
                 .writes
-                .push(StateWrite::put(key, to_value(application), &read)),
+                .push(StateWrite::put(key, application, &read)),
         }
         Ok(outcome)
     }
@@ -167,8 +166,4 @@ impl Service for Pricing {
             _ => Err(unsubscribed(self.name(), event)),
         }
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("state types serialise to JSON")
 }
