@@ -144,7 +144,7 @@ fn repayment_for_unknown_loan_lands_in_dlq() {
     );
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        text(&output).contains("2 events went to the dead-letter queue"),
+        text(&output).contains("3 events went to the dead-letter queue"),
         "{}",
         text(&output)
     );
@@ -165,11 +165,12 @@ fn repayment_for_unknown_loan_lands_in_dlq() {
         "{}",
         text(&output)
     );
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM dead_letters"), 1);
+    // mechanism, fee and npa each dead-lettered the repayment.
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM dead_letters"), 2);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM queue_messages"), 1);
     let output = underwrite(dir.path(), &["health"]);
     assert!(
-        text(&output).contains("1 dead letters"),
+        text(&output).contains("2 dead letters"),
         "{}",
         text(&output)
     );
