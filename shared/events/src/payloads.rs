@@ -67,7 +67,9 @@ impl EventType {
     ];
 
     /// Types a lender's systems send in (`underwrite run --input`).
-    pub const INPUT: [EventType; 7] = [
+    /// `risk.scored` is among them so that a lender's own scorecard can
+    /// feed pricing.
+    pub const INPUT: [EventType; 8] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -75,6 +77,7 @@ impl EventType {
         EventType::ApplicationReceived,
         EventType::ConsentGranted,
         EventType::ConsentWithdrawn,
+        EventType::RiskScored,
     ];
 
     /// Returns the wire name, such as `loan.disbursed`.
