@@ -546,8 +546,8 @@ fn merge_file(
 }
 
 /// Rejects keys the defaults do not have and values of another JSON kind
-/// than the default's. `products.products` is a map of product codes, so
-/// only its values' fields are checked, by the deserializer.
+/// than the default's. Inside the [`FREE_FORM_KEYS`] (product codes, risk
+/// grades, the penal charge's variant) only the deserializer checks fields.
 fn check_kinds(layer: &Value, defaults: &Value, prefix: &str, source: &str) -> anyhow::Result<()> {
     let (Value::Object(layer), Value::Object(defaults)) = (layer, defaults) else {
         return Ok(());
