@@ -189,6 +189,8 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         snapshot_as: Some("serve"),
     };
     let (done_sender, done) = tokio::sync::oneshot::channel();
+    let driver_ended = Arc::new(tokio::sync::Notify::new());
+    let driver_ended_sender = driver_ended.clone();
     let run_runtime = runtime.clone();
     // The driver's SQLite calls block, so it runs on its own thread and
     // leaves the HTTP workers free.
@@ -201,6 +203,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
                 .expect("driver runtime starts");
             let result = executor.block_on(run_runtime.run(&options, &mut |_| {}));
             let _ = done_sender.send(result);
+            driver_ended_sender.notify_one();
         })?;
 
     let app = router(state.clone());
@@ -212,16 +215,29 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
     let shutdown_state = state.clone();
     let (signal_name_sender, signal_name) = tokio::sync::oneshot::channel();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let name = signal.await;
+        // The services stopping on their own (a store error they cannot
+        // wait out) also stops the server, so that events are not accepted
+        // with nothing to handle them and the process manager restarts it.
+        let name = tokio::select! {
+            name = signal => Some(name),
+            () = driver_ended.notified() => None,
+        };
         // Step 1: stop metric export and ingestion; open requests finish.
         shutdown_state.accepting.store(false, Ordering::SeqCst);
         let _ = signal_name_sender.send(name);
     });
     let timeout = Duration::from_secs(args.shutdown_timeout);
     let server = tokio::spawn(async move { server.await });
-    let name = signal_name.await.unwrap_or("shutdown");
-    eprintln!("Received {name}; stopping.");
-    info!(signal = name, "Shutting down.");
+    match signal_name.await.ok().flatten() {
+        Some(name) => {
+            eprintln!("Received {name}; stopping.");
+            info!(signal = name, "Shutting down.");
+        }
+        None => {
+            eprintln!("The services stopped; stopping the server.");
+            error!("The services stopped on their own; shutting down.");
+        }
+    }
     match tokio::time::timeout(timeout, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => error!(%error, "The HTTP server failed while stopping."),
