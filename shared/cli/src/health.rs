@@ -299,14 +299,13 @@ pub fn collect(
 /// Returns the most recently updated run snapshot as of `now_ms`.
 pub fn latest_run(snapshots: &[RunSnapshot], now_ms: i64) -> Option<RuntimeView> {
     snapshots.iter().max_by_key(|s| s.updated_ms).map(|s| {
-        let live = now_ms - s.updated_ms <= STALE_AFTER_MS;
-        let source = format!(
-            "{} {} from `underwrite {}` pid {}",
-            if live { "as of" } else { "stale, last stored" },
-            format_ms(s.updated_ms),
-            s.command,
-            s.pid
-        );
+        let live = s.ended_ms.is_none() && now_ms - s.updated_ms <= STALE_AFTER_MS;
+        let when = match s.ended_ms {
+            Some(ended) => format!("last state, stopped at {}", format_ms(ended)),
+            None if live => format!("as of {}", format_ms(s.updated_ms)),
+            None => format!("stale, last stored {}", format_ms(s.updated_ms)),
+        };
+        let source = format!("{when} from `underwrite {}` pid {}", s.command, s.pid);
         RuntimeView {
             report: s.health.clone(),
             source,
@@ -396,6 +395,7 @@ mod tests {
             pid: 42,
             started_ms: updated_ms,
             updated_ms,
+            ended_ms: None,
             metrics: MetricsSnapshot::default(),
             health: health.report(updated_ms),
         }

@@ -219,7 +219,7 @@ fn init_writes_a_loadable_default() {
     );
     let output = underwrite(dir.path(), &["migrate"]);
     assert!(
-        text(&output).contains("schema version 2"),
+        text(&output).contains("schema version 3"),
         "{}",
         text(&output)
     );

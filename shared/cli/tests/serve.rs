@@ -607,6 +607,10 @@ fn health_and_metrics_report_runs() {
     let out = text(&output);
     assert!(out.contains("audit: running, circuit closed"), "{out}");
     assert!(out.contains("from `underwrite run`"), "{out}");
+    assert!(
+        out.contains("last state, stopped at"),
+        "the run has ended: {out}"
+    );
 }
 
 #[test]

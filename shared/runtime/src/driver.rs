@@ -140,14 +140,15 @@ impl EmbeddedRuntime {
     }
 
     /// Stores this runtime's metrics and health under its run id, so that
-    /// another process can report them.
-    pub fn save_snapshot(&self, command: &str) -> Result<(), StoreError> {
+    /// another process can report them; `ended` marks the run as stopped.
+    pub fn save_snapshot(&self, command: &str, ended: bool) -> Result<(), StoreError> {
         let result = self.store.save_run_snapshot(&RunSnapshot {
             run_id: self.run_id.clone(),
             command: command.to_string(),
             pid: std::process::id(),
             started_ms: self.started_ms,
             updated_ms: now_ms(),
+            ended_ms: ended.then(now_ms),
             metrics: self.metrics.snapshot(),
             health: self.health_report(),
         });
@@ -257,7 +258,7 @@ impl EmbeddedRuntime {
             {
                 // A failed snapshot is counted in store.io_error and retried
                 // at the next interval; it does not stop handling.
-                let _ = self.save_snapshot(command);
+                let _ = self.save_snapshot(command, false);
                 last_snapshot = std::time::Instant::now();
             }
             let mut worked = false;
@@ -340,7 +341,7 @@ impl EmbeddedRuntime {
             }
         }
         if let Some(command) = options.snapshot_as {
-            self.save_snapshot(command)?;
+            self.save_snapshot(command, true)?;
         }
         totals.queued = self.depth(&queues)?;
         progress(&totals);

@@ -23,6 +23,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_snapshots",
         include_str!("../../../migrations/0002_run_snapshots.sql"),
     ),
+    (
+        3,
+        "run_snapshot_end",
+        include_str!("../../../migrations/0003_run_snapshot_end.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch.

@@ -25,6 +25,9 @@ pub struct RunSnapshot {
     pub started_ms: i64,
     /// When the snapshot was written, Unix milliseconds.
     pub updated_ms: i64,
+    /// When the process stopped running services, Unix milliseconds; `None`
+    /// while it runs, or when it was killed.
+    pub ended_ms: Option<i64>,
     /// Counters and timers.
     pub metrics: MetricsSnapshot,
     /// Circuits and supervisors.
@@ -50,9 +53,9 @@ impl SqliteStore {
         let health = serde_json::to_string(&snapshot.health).expect("health serialises");
         self.lock()
             .prepare_cached(
-                "INSERT INTO run_snapshots (run_id, command, pid, started_ms, updated_ms, metrics, health)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (run_id) DO UPDATE SET updated_ms = excluded.updated_ms,
+                "INSERT INTO run_snapshots (run_id, command, pid, started_ms, updated_ms, metrics, health, ended_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (run_id) DO UPDATE SET updated_ms = excluded.updated_ms, ended_ms = excluded.ended_ms,
                      metrics = excluded.metrics, health = excluded.health",
             )
             .map_err(unavailable)?
@@ -63,7 +66,8 @@ impl SqliteStore {
                 snapshot.started_ms,
                 now_ms(),
                 metrics,
-                health
+                health,
+                snapshot.ended_ms
             ])
             .map_err(unavailable)?;
         Ok(())
@@ -74,7 +78,7 @@ impl SqliteStore {
         let connection = self.lock();
         let mut statement = connection
             .prepare(
-                "SELECT run_id, command, pid, started_ms, updated_ms, metrics, health
+                "SELECT run_id, command, pid, started_ms, updated_ms, metrics, health, ended_ms
                  FROM run_snapshots ORDER BY started_ms, run_id",
             )
             .map_err(unavailable)?;
@@ -88,12 +92,13 @@ impl SqliteStore {
                     row.get::<_, i64>(4)?,
                     row.get::<_, String>(5)?,
                     row.get::<_, String>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
                 ))
             })
             .map_err(unavailable)?;
         let mut snapshots = Vec::new();
         for row in rows {
-            let (run_id, command, pid, started_ms, updated_ms, metrics, health) =
+            let (run_id, command, pid, started_ms, updated_ms, metrics, health, ended_ms) =
                 row.map_err(unavailable)?;
             snapshots.push(RunSnapshot {
                 metrics: serde_json::from_str(&metrics).map_err(|e| corrupt(&run_id, e))?,
@@ -103,6 +108,7 @@ impl SqliteStore {
                 pid,
                 started_ms,
                 updated_ms,
+                ended_ms,
             });
         }
         Ok(snapshots)
