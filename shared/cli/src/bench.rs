@@ -63,7 +63,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
         .with_context(|| format!("Failed to read {}", args.csv.display()))?;
     let conversion = convert(&csv, &ConversionOptions::default())?;
     let lines: Vec<String> = conversion.lines.into_iter().take(args.events).collect();
-    let events: Vec<_> = lines
+    let mut events: Vec<_> = lines
         .iter()
         .map(|line| underwrite_events::parse_input_line(line))
         .collect::<Result<_, _>>()?;
@@ -88,13 +88,31 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
         .into_iter()
         .filter(|service| PIPELINE.contains(&service.name()))
         .collect();
-    let runtime = EmbeddedRuntime::new(store, services, queues);
+    let mut runtime = EmbeddedRuntime::new(store, services, queues);
+    // With signing on, the bench pays for it as a real run does: input is
+    // signed at the edge, each delivery verified, each output signed. Its
+    // keys live in the bench's temporary folder.
+    let mut identities = config.identities.clone();
+    identities.key_dir = dir.path().join("keys");
+    identities.create_missing = true;
+    if let Some(authority) = crate::identity::load_authority(&identities)? {
+        runtime = runtime.with_authority(authority)?;
+    }
+    println!(
+        "signing: {}",
+        if identities.enabled {
+            "on (Ed25519, identities.enabled)"
+        } else {
+            "off (identities.enabled is false)"
+        }
+    );
     eprintln!(
         "bench: pushing {} events through mechanism, npa and audit in batches of {}...",
         events.len(),
         queues.batch_size
     );
     let started = Instant::now();
+    runtime.sign_input(&mut events)?;
     runtime.publish(&events)?;
     // Each service drains its own queue in turn, so its time is measured
     // alone; npa's events then reach audit, which runs last.

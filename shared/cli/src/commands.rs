@@ -21,14 +21,19 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<SqliteStore>> {
     Ok(Arc::new(store))
 }
 
-/// Opens the runtime over the configured store with every service registered.
+/// Opens the runtime over the configured store with every service
+/// registered, signing and verifying events when `identities.enabled` is set.
 pub fn open_runtime(config: &Config) -> anyhow::Result<EmbeddedRuntime> {
-    Ok(EmbeddedRuntime::new(
+    let runtime = EmbeddedRuntime::new(
         open_store(config)?,
         crate::services::all(config),
         config.queues,
     )
-    .with_resilience(config.resilience()))
+    .with_resilience(config.resilience());
+    match crate::identity::load_authority(&config.identities)? {
+        Some(authority) => Ok(runtime.with_authority(authority)?),
+        None => Ok(runtime),
+    }
 }
 
 pub fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
@@ -151,8 +156,10 @@ pub async fn publish_input(
         "rejected": file.rejected.len(),
     });
     let write = StateWrite::put_any(marker_key, &record);
-    runtime.publish_with(&file.events, &[write])?;
-    Ok(file.events.len())
+    let mut events = file.events;
+    runtime.sign_input(&mut events)?;
+    runtime.publish_with(&events, &[write])?;
+    Ok(events.len())
 }
 
 /// Starts a spinner on stderr; indicatif draws nothing when stderr is not a terminal.

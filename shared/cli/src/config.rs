@@ -64,6 +64,8 @@ pub struct Config {
     pub kfs: KfsSettings,
     /// When overdue instalments are charged.
     pub fees: FeeSettings,
+    /// Event signing: whether it is on, and where keys and the policy live.
+    pub identities: crate::identity::IdentitySettings,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             pricing: PricingPolicy::default(),
             kfs: KfsSettings::default(),
             fees: FeeSettings::default(),
+            identities: Default::default(),
         }
     }
 }
@@ -199,6 +202,18 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "fees.grace_days",
         "days after a due date before an unpaid instalment bears its penal charge (0 to 90)",
+    ),
+    (
+        "identities.enabled",
+        "sign every event with its emitter's Ed25519 key and verify it before its handler runs (docs/security.md)",
+    ),
+    (
+        "identities.key_dir",
+        "folder of private key files (mode 0600), keyring.json and policy.json; keep it outside the data folder",
+    ),
+    (
+        "identities.create_missing",
+        "create missing keys and the default policy file when the runtime opens; set false in production so a missing key stops start-up",
     ),
 ];
 

@@ -35,6 +35,10 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
     let mut config = config.clone();
     config.store_path = args.out.join("underwrite.db");
     config.lake_path = args.out.join("lake");
+    // The example signs its events with keys of its own, created on first
+    // use, so that it runs on a fresh clone with no set-up step.
+    config.identities.key_dir = args.out.join("keys");
+    config.identities.create_missing = true;
 
     // 1. Applicants to input events.
     let csv = std::fs::read_to_string(&args.csv).with_context(|| {

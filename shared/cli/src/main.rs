@@ -8,6 +8,7 @@ mod config;
 mod dayend;
 mod example;
 mod health;
+mod identity;
 mod input;
 mod serve;
 mod services;
@@ -95,6 +96,8 @@ enum Command {
     },
     /// Measure throughput and day-end speed; prints ratios measured in this run.
     Bench(bench::BenchArgs),
+    /// Create an Ed25519 key pair for a service (or `input`, the ingest edge) and register its public key.
+    Identity(identity::IdentityArgs),
 }
 
 #[derive(Subcommand)]
@@ -122,17 +125,13 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERWRITE_LOG_LEVEL")
-        .unwrap_or_else(|_| "warn".into());
-    let json_logs = std::env::var("UNDERWRITE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json_logs {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let _log_guard = match underwrite_telemetry::init_from_env() {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -180,5 +179,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             example: ExampleCommand::GermanCredit(args),
         } => example::german_credit(&config, args).await,
         Command::Bench(args) => bench::bench(&config, args).await,
+        Command::Identity(args) => identity::identity(&config, args),
     }
 }

@@ -505,6 +505,15 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
         }
     };
     let count = events.len();
+    // Valid input is signed by the ingest identity, as `run --input` does.
+    let mut events = events;
+    if let Err(error) = state.ingest.sign_input(&mut events) {
+        error!(%error, events = count, "Failed to sign ingested events.");
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to sign the events: {error}; nothing was published"),
+        );
+    }
     let ingest = state.ingest.clone();
     let published = tokio::task::spawn_blocking(move || ingest.publish(&events)).await;
     match published {

@@ -385,7 +385,7 @@ fn csv_path() -> String {
 #[test]
 fn every_command_has_help() {
     let dir = tempfile::tempdir().unwrap();
-    let commands: [&[&str]; 17] = [
+    let commands: [&[&str]; 18] = [
         &[],
         &["init"],
         &["list"],
@@ -403,6 +403,7 @@ fn every_command_has_help() {
         &["example", "german-credit"],
         &["bench"],
         &["report"],
+        &["identity"],
     ];
     for command in commands {
         let mut args = command.to_vec();

@@ -94,11 +94,12 @@ pub struct Envelope {
     pub causation_id: Option<EventId>,
     /// The typed body, as JSON.
     pub payload: serde_json::Value,
-    /// Ed25519 signature over the canonical bytes, base64. Events are not
-    /// signed yet, so this is absent.
+    /// Ed25519 signature over the canonical bytes, base64; absent on input
+    /// events before the ingest edge signs them, and when signing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
-    /// Id of the signing key. Absent while events are not signed.
+    /// Id of the signing key, `<identity>:<fingerprint>`; absent when the
+    /// event is unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
 }

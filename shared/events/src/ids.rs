@@ -129,6 +129,17 @@ pub fn derive_event_id(input: &EventId, position: u32, unix_millis: u64) -> Even
     EventId::from_uuid(Uuid::from_bytes(bytes))
 }
 
+/// Returns the W3C trace id (32 lowercase hex digits) of a flow, derived from
+/// its correlation id: the UUID's own 16 bytes when the id is a UUID, else
+/// the first 16 bytes of its SHA-256. Every event of a flow shares its
+/// correlation id, so logs and traces of one flow share this trace id.
+pub fn trace_id(correlation_id: &EventId) -> String {
+    match Uuid::parse_str(correlation_id.as_str()) {
+        Ok(uuid) => uuid.simple().to_string(),
+        Err(_) => hex::encode(&Sha256::digest(correlation_id.as_str().as_bytes())[..16]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +160,18 @@ mod tests {
         assert!(LoanId::parse("has space").is_err());
         assert!(LoanId::parse(&"x".repeat(129)).is_err());
         assert!(LoanId::parse("L-0001/a:b_c.d").is_ok());
+    }
+
+    #[test]
+    fn trace_id_is_uuid_hex_or_hash() {
+        let uuid = EventId::parse("01890a5d-ac96-774b-bcce-b302099a8057").unwrap();
+        assert_eq!(trace_id(&uuid), "01890a5dac96774bbcceb302099a8057");
+        let text = EventId::parse("disb-L1").unwrap();
+        assert_eq!(trace_id(&text).len(), 32);
+        assert_eq!(trace_id(&text), trace_id(&text));
+        assert_ne!(
+            trace_id(&text),
+            trace_id(&EventId::parse("disb-L2").unwrap())
+        );
     }
 }

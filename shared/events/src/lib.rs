@@ -10,6 +10,8 @@ pub mod origination;
 pub mod payloads;
 
 pub use envelope::{Envelope, EventError, canonical_bytes};
-pub use ids::{ApplicationId, BorrowerId, ConsentId, EventId, LoanId, PaymentId, derive_event_id};
+pub use ids::{
+    ApplicationId, BorrowerId, ConsentId, EventId, LoanId, PaymentId, derive_event_id, trace_id,
+};
 pub use input::parse_input_line;
 pub use payloads::{EventPayload, EventType, Revision};

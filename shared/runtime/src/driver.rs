@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tracing::{Instrument, debug, info_span, warn};
-use underwrite_events::Envelope;
+use underwrite_events::{Envelope, trace_id};
+use underwrite_identity::{Authority, INGEST_IDENTITY, IdentityError};
 
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::{Counter, Metrics};
@@ -93,6 +94,7 @@ pub struct EmbeddedRuntime {
     clock: Arc<dyn Clock>,
     run_id: String,
     started_ms: i64,
+    authority: Option<Arc<Authority>>,
 }
 
 impl EmbeddedRuntime {
@@ -112,7 +114,58 @@ impl EmbeddedRuntime {
             clock: Arc::new(SystemClock),
             run_id: uuid::Uuid::now_v7().to_string(),
             started_ms: now_ms(),
+            authority: None,
         }
+    }
+
+    /// Signs every emitted event with its service's key and verifies every
+    /// delivered record before its handler runs. `authority` must hold the
+    /// key of every registered service and of the ingest identity.
+    pub fn with_authority(mut self, authority: Arc<Authority>) -> Result<Self, IdentityError> {
+        let names = self.services.iter().map(|s| s.name());
+        for name in names.chain([INGEST_IDENTITY]) {
+            if !authority.signs_as(name) {
+                return Err(IdentityError::MissingKey {
+                    identity: name.to_string(),
+                    path: format!("{name}.key").into(),
+                });
+            }
+        }
+        self.authority = Some(authority);
+        Ok(self)
+    }
+
+    /// Signs input events as the ingest identity, after they were validated;
+    /// does nothing when signing is off.
+    pub fn sign_input(&self, events: &mut [Envelope]) -> Result<(), IdentityError> {
+        if let Some(authority) = &self.authority {
+            for event in events {
+                authority.sign(INGEST_IDENTITY, event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the event's signature and the emitter policy, when verification is on.
+    fn verify(&self, event: &Envelope) -> Result<(), HandlerError> {
+        match &self.authority {
+            Some(authority) => authority
+                .verify(event)
+                .map_err(|error| HandlerError::permanent(error.code(), error.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Signs a handler's outputs with the handling service's key.
+    fn sign_outputs(&self, service: &str, events: &mut [Envelope]) -> Result<(), HandlerError> {
+        if let Some(authority) = &self.authority {
+            for event in events {
+                authority.sign(service, event).map_err(|error| {
+                    HandlerError::permanent("authz_no_signing_key", error.to_string())
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the clock that backoff and circuit breakers read.
@@ -439,13 +492,16 @@ impl EmbeddedRuntime {
             event_id = %event.id,
             event_type = %event.event_type,
             correlation_id = %event.correlation_id,
+            trace_id = %trace_id(&event.correlation_id),
             receive_count = message.receive_count,
         );
         async {
+            // Each delivered record is verified once, before anything reads it.
+            let verified = self.verify(&event);
             // NOTE: the embedded runtime runs one consumer per queue, so no
             // in-progress lease is taken before handling; a duplicate can only
             // be a completed event. Concurrent consumers need the lease.
-            if self.store.is_complete(queue, event.id.as_str())? {
+            if verified.is_ok() && self.store.is_complete(queue, event.id.as_str())? {
                 debug!("Dropped a duplicate delivery of a completed event.");
                 self.store.delete(message.seq)?;
                 totals.duplicates += 1;
@@ -456,7 +512,9 @@ impl EmbeddedRuntime {
                 .health
                 .with_service(queue, |_, breaker| (!breaker.allow(now)).then(|| breaker.open_until_ms()))
                 .flatten();
-            if let Some(open_until) = open_until {
+            // A record that failed verification is rejected for that reason
+            // even while the circuit is open.
+            if let (Ok(()), Some(open_until)) = (&verified, open_until) {
                 let reason = format!(
                     "circuit open: {queue} failed {} consecutive times and receives no events until {}; replay this one with `underwrite dlq --replay`",
                     self.health.with_service(queue, |_, b| b.report_failures()).unwrap_or(0),
@@ -471,21 +529,30 @@ impl EmbeddedRuntime {
                 store: self.store.as_ref(),
                 service: queue,
             };
-            let started = std::time::Instant::now();
             let mut panicked = false;
-            let result = AssertUnwindSafe(service.handle(&event, &context))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    panicked = true;
-                    let text = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "non-text panic payload".into());
-                    Err(HandlerError::retryable("panic", format!("handler panicked: {text}")))
-                });
-            self.metrics.record_duration(queue, &event.event_type, started.elapsed().as_micros() as u64);
+            let result = match verified {
+                Err(error) => Err(error),
+                Ok(()) => {
+                    let started = std::time::Instant::now();
+                    let result = AssertUnwindSafe(service.handle(&event, &context))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            panicked = true;
+                            let text = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "non-text panic payload".into());
+                            Err(HandlerError::retryable("panic", format!("handler panicked: {text}")))
+                        });
+                    self.metrics.record_duration(queue, &event.event_type, started.elapsed().as_micros() as u64);
+                    result.and_then(|mut outcome| {
+                        self.sign_outputs(queue, &mut outcome.emits)?;
+                        Ok(outcome)
+                    })
+                }
+            };
             let error = match result {
                 Ok(outcome) => {
                     let outputs = self.route_all(&outcome.emits);
@@ -523,11 +590,15 @@ impl EmbeddedRuntime {
                 &self.settings,
                 self.settings.visibility_timeout_ms,
             )?;
+            // The ids are repeated on these events because the record span is
+            // at INFO and absent when only warnings are logged.
+            let event_id = event.id.as_str();
+            let correlation_id = event.correlation_id.as_str();
             if dead {
-                warn!(error_code = error.code(), %error, "Moved a failed event to the dead-letter queue.");
+                warn!(error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Moved a failed event to the dead-letter queue.");
                 totals.dead_lettered += 1;
             } else {
-                warn!(error_code = error.code(), %error, "Handling failed; the event will be retried.");
+                warn!(error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Handling failed; the event will be retried.");
                 totals.retried += 1;
             }
             Ok(())
