@@ -38,7 +38,7 @@ impl Service for Probe {
         Ok(Outcome {
             writes: vec![StateWrite::put(
                 format!("probe/{}", event.id),
-                json!({"seen": true}),
+                &json!({"seen": true}),
                 &None,
             )],
             emits: vec![],
