@@ -35,7 +35,7 @@ impl Default for IdentitySettings {
     }
 }
 
-/// The policy written when none exists: input events from the ingest edge,
+/// Returns the policy written when none exists: input events from the ingest edge,
 /// classification events from npa, nothing from mechanism and audit, whose
 /// handlers emit no events.
 pub fn default_policy() -> Policy {

@@ -13,7 +13,7 @@ use crate::error::IdentityError;
 use crate::keys::{Identity, KeyDir, Keyring};
 use crate::policy::Policy;
 
-/// Why a consumer rejected an event before handling it. Every variant is
+/// A consumer's reason for rejecting an event before handling it. Every variant is
 /// permanent: the same event fails the same way on every delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthzError {
@@ -48,7 +48,7 @@ pub enum AuthzError {
         event_id: String,
         /// The key id the event names.
         key_id: String,
-        /// What failed: decoding or verification.
+        /// The failed step: decoding or verification.
         reason: String,
     },
     /// The signer may not emit this type, or signed an event whose source is
@@ -144,12 +144,12 @@ impl Authority {
         &self.policy
     }
 
-    /// Checks whether this process holds the private key of `identity`.
+    /// Checks whether this process has the private key of `identity`.
     pub fn signs_as(&self, identity: &str) -> bool {
         self.signers.contains_key(identity)
     }
 
-    /// Signs `event` as `identity`. Fails when this process holds no key
+    /// Signs `event` as `identity`. Fails when this process has no key
     /// for `identity`, which is a wiring mistake rather than bad input.
     pub fn sign(&self, identity: &str, event: &mut Envelope) -> Result<(), IdentityError> {
         let signer = self

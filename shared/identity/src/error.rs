@@ -18,7 +18,7 @@ pub enum IdentityError {
     /// Reading or writing a file failed.
     #[error("Failed to {action} {path}: {source}")]
     Io {
-        /// What was being done: `read`, `write`, `create`.
+        /// The operation: `read`, `write` or `create`.
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum IdentityError {
     MissingKey {
         /// The identity.
         identity: String,
-        /// Where its key file was expected.
+        /// The expected path of its key file.
         path: PathBuf,
     },
     /// A file whose contents are not what it should hold.

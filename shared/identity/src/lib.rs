@@ -3,7 +3,7 @@
 //! bytes; consumers verify the signature against the keyring and check the
 //! emitter policy before a handler runs.
 //!
-//! A key folder holds three kinds of file:
+//! A key folder contains three kinds of file:
 //!
 //! - `<identity>.key`: the private key, JSON, mode 0600 (owner only);
 //! - `keyring.json`: the public keys verifiers trust, by key id;

@@ -6,18 +6,18 @@
 //! user guide: an `_aws` object with a millisecond `Timestamp` and one
 //! `CloudWatchMetrics` directive (namespace, one dimension set, metric
 //! definitions), and each dimension and metric as a top-level member. A
-//! directive holds at most 100 metrics, a dimension set at most 30
+//! directive contains at most 100 metrics, a dimension set at most 30
 //! dimensions, and a metric at most 100 values.
 
 use serde_json::{Map, Value, json};
 
-/// The most metrics one directive may declare.
+/// Maximum number of metrics in one directive.
 pub const MAX_METRICS: usize = 100;
 
-/// The most dimensions one dimension set may hold.
+/// Maximum number of dimensions in one dimension set.
 pub const MAX_DIMENSIONS: usize = 30;
 
-/// The most values one metric may carry in one document.
+/// Maximum number of values of one metric in one document.
 pub const MAX_VALUES: usize = 100;
 
 /// CloudWatch units used by underwrite's counters and timers.

@@ -63,7 +63,7 @@ static PHONE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("phone pattern compiles")
 });
 
-/// Checks whether a log field of this name holds a secret, so that its whole
+/// Checks whether a log field of this name contains a secret, so that its whole
 /// value is masked.
 pub fn is_secret_field(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
