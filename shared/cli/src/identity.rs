@@ -35,9 +35,9 @@ impl Default for IdentitySettings {
     }
 }
 
-/// Returns the policy written when none exists: input events from the ingest edge,
-/// classification events from npa, nothing from mechanism and audit, whose
-/// handlers emit no events.
+/// Returns the policy written when none exists: each input type from the
+/// ingest edge, and from each service the types its handler emits.
+/// mechanism and audit emit none.
 pub fn default_policy() -> Policy {
     Policy::from_pairs([
         (
@@ -47,8 +47,16 @@ pub fn default_policy() -> Policy {
                 "repayment.received",
                 "repayment.reversed",
                 "day.closed",
+                "application.received",
+                "consent.granted",
+                "consent.withdrawn",
+                "risk.scored",
             ][..],
         ),
+        ("consent", &["consent.expired"][..]),
+        ("pricing", &["pricing.quoted"][..]),
+        ("kfs", &["kfs.issued"][..]),
+        ("fee", &["fee.assess"][..]),
         (
             "npa",
             &["sma.classified", "npa.bucket.changed", "npa.dlg.triggered"][..],
@@ -83,7 +91,7 @@ pub fn load_authority(settings: &IdentitySettings) -> anyhow::Result<Option<Arc<
 /// Arguments of `underwrite identity`.
 #[derive(Args)]
 pub struct IdentityArgs {
-    /// Identity to create: a service name (mechanism, npa, audit) or `input`, the ingest edge.
+    /// Identity to create: a service name (such as npa) or `input`, the ingest edge.
     pub name: String,
     /// Replace an existing key file; the old public key stays in the keyring.
     #[arg(long)]

@@ -258,8 +258,8 @@ fn type_outside_policy_is_dead_lettered() {
     );
     assert!(output.status.success(), "{}", text(&output));
     let codes = dead_letter_codes(dir.path());
-    // mechanism, npa and audit each rejected the event.
-    assert_eq!(codes.len(), 3, "{codes:?}");
+    // mechanism, fee, npa and audit each rejected the event.
+    assert_eq!(codes.len(), 4, "{codes:?}");
     for (code, message) in &codes {
         assert_eq!(code, "authz_policy");
         assert!(message.contains("may not emit loan.disbursed"), "{message}");
