@@ -294,8 +294,14 @@ fn missing_key_without_create_names_the_fix() {
     let dir = workspace(json!({ "create_missing": false }));
     let output = underwrite(dir.path(), &["run", "--until-idle"]);
     assert!(!output.status.success());
+    // The first service in routing order is the first key looked for.
     assert!(
-        text(&output).contains("run `underwrite identity mechanism`"),
+        text(&output).contains("no key file for identity \"consent\""),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        text(&output).contains("run `underwrite identity consent`"),
         "{}",
         text(&output)
     );
