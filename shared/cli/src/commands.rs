@@ -265,6 +265,14 @@ pub struct DlqArgs {
 }
 
 pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
+    if let Some(queue) = &args.queue
+        && !crate::services::NAMES.contains(&queue.as_str())
+    {
+        anyhow::bail!(
+            "unknown queue {queue:?}: queues are named after the services, {}",
+            crate::services::NAMES.join(", ")
+        );
+    }
     let store = open_store(config)?;
     if args.replay {
         let moved = store.replay_dead_letters(args.queue.as_deref(), args.max)?;

@@ -236,15 +236,21 @@ pub fn print_report(summary: &ReportSummary, ledger_total: Paise) {
         "{:<12} {:>7} {:>18} {:>16}",
         "class", "loans", "outstanding", "provision"
     );
+    // Paise's Display ignores width, so amounts are padded as text.
     for (class, count, outstanding, provision) in &summary.by_class {
         println!(
-            "{:<12} {count:>7} {outstanding:>18} {provision:>16}",
-            class.as_str()
+            "{:<12} {count:>7} {:>18} {:>16}",
+            class.as_str(),
+            outstanding.to_string(),
+            provision.to_string()
         );
     }
     println!(
         "{:<12} {:>7} {:>18} {:>16}",
-        "TOTAL", summary.loans, summary.total_outstanding, summary.total_provision
+        "TOTAL",
+        summary.loans,
+        summary.total_outstanding.to_string(),
+        summary.total_provision.to_string()
     );
     let status = if summary.total_outstanding == ledger_total {
         "reconciles"

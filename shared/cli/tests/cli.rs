@@ -155,6 +155,13 @@ fn repayment_for_unknown_loan_lands_in_dlq() {
         "{out}"
     );
     assert!(out.contains("retries_exhausted"), "{out}");
+    let output = underwrite(dir.path(), &["dlq", "--queue", "bogus"]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("unknown queue \"bogus\""),
+        "{}",
+        text(&output)
+    );
     let db = dir.path().join("data/underwrite.db");
     assert!(kv_rows(&db, "loan/").is_empty());
     assert!(kv_rows(&db, "npa/").is_empty());
