@@ -112,7 +112,14 @@ pub async fn publish_input(
     let file = crate::input::read(path)?;
     if !file.rejected.is_empty() {
         for rejected in file.rejected.iter().take(20) {
-            eprintln!("{}:{}: {}", path.display(), rejected.line, rejected.reason);
+            // Rejected lines may quote personal data, so they are redacted
+            // like log lines.
+            eprintln!(
+                "{}:{}: {}",
+                path.display(),
+                rejected.line,
+                underwrite_telemetry::redact::redact(&rejected.reason)
+            );
         }
         if file.rejected.len() > 20 {
             eprintln!("... and {} more invalid lines", file.rejected.len() - 20);

@@ -140,7 +140,10 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!(
+                "error: {}",
+                underwrite_telemetry::redact::redact(&format!("{error:#}"))
+            );
             std::process::ExitCode::from(2)
         }
     }

@@ -442,3 +442,33 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn misspelled_log_level_is_rejected() {
+    let dir = workspace();
+    let output = Command::new(env!("CARGO_BIN_EXE_underwrite"))
+        .current_dir(dir.path())
+        .env("UNDERWRITE_LOG_LEVEL", "loud")
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let out = text(&output);
+    assert!(
+        out.contains("invalid UNDERWRITE_LOG_LEVEL \"loud\""),
+        "{out}"
+    );
+    assert!(out.contains("warn"), "{out}");
+}
+
+#[test]
+fn rejected_input_lines_are_redacted() {
+    let dir = workspace();
+    let line = r#"{"id":"e1","type":"repayment.received","occurred_at":"not a date ravi@example.com","payload":{}}"#;
+    std::fs::write(dir.path().join("bad.jsonl"), format!("{line}\n")).unwrap();
+    let output = underwrite(dir.path(), &["run", "--input", "bad.jsonl", "--until-idle"]);
+    assert!(!output.status.success());
+    let out = text(&output);
+    assert!(out.contains("bad.jsonl:1:"), "{out}");
+    assert!(!out.contains("ravi@example.com"), "{out}");
+}

@@ -595,10 +595,10 @@ impl EmbeddedRuntime {
             let event_id = event.id.as_str();
             let correlation_id = event.correlation_id.as_str();
             if dead {
-                warn!(error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Moved a failed event to the dead-letter queue.");
+                warn!(service = queue, event_type = %event.event_type, error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Moved a failed event to the dead-letter queue.");
                 totals.dead_lettered += 1;
             } else {
-                warn!(error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Handling failed; the event will be retried.");
+                warn!(service = queue, event_type = %event.event_type, error_code = error.code(), event_id, correlation_id, trace_id = %trace_id(&event.correlation_id), %error, "Handling failed; the event will be retried.");
                 totals.retried += 1;
             }
             Ok(())

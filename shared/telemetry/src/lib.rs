@@ -24,6 +24,9 @@ pub use format::{JsonFormat, SpanFieldsLayer};
 /// (`info`, `warn,underwrite_runtime=debug`); `warn` when unset.
 pub const LEVEL_VARIABLE: &str = "UNDERWRITE_LOG_LEVEL";
 
+/// Level names `UNDERWRITE_LOG_LEVEL` accepts on their own.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 /// Variable selecting the line format: `json`, or text when unset.
 pub const FORMAT_VARIABLE: &str = "UNDERWRITE_LOG_FORMAT";
 
@@ -38,6 +41,14 @@ pub struct LogGuard {
 /// invalid level filter, format name or OTLP endpoint.
 pub fn init_from_env() -> Result<LogGuard, String> {
     let filter = match std::env::var(LEVEL_VARIABLE) {
+        // A bare word is read by EnvFilter as a target name, which turns
+        // every other log line off; only the level names are accepted bare.
+        Ok(text) if !text.contains(['=', ',']) && !LEVELS.contains(&text.trim().to_ascii_lowercase().as_str()) => {
+            return Err(format!(
+                "invalid {LEVEL_VARIABLE} {text:?}: allowed values are {}, or directives such as underwrite_runtime=debug",
+                LEVELS.join(", ")
+            ));
+        }
         Ok(text) => EnvFilter::try_new(&text).map_err(|error| {
             format!("invalid {LEVEL_VARIABLE} {text:?}: {error}; use a level such as warn, info or debug")
         })?,
