@@ -1,11 +1,13 @@
 //! Signing by emitters and verification by consumers, with keys loaded once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use underwrite_events::{Envelope, canonical_bytes};
 
@@ -85,6 +87,26 @@ pub struct Authority {
     policy: Policy,
     keyring_path: PathBuf,
     policy_path: PathBuf,
+    /// SHA-256 digests of (key id, signature, canonical bytes) that passed
+    /// `verify_strict`. The embedded runtime delivers one event to several
+    /// queues of the same process; verifying the same bytes under the same
+    /// key again can only give the same answer, so a repeat is looked up.
+    verified: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// Digests kept before the memo of verified signatures is cleared.
+const VERIFIED_MEMO_LIMIT: usize = 100_000;
+
+/// Computes the memo key of a signature: SHA-256 over the key id, a zero
+/// byte, the 64 signature bytes and the signed message.
+fn memo_digest(key_id: &str, signature: &[u8; 64], message: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(key_id.as_bytes())
+        .chain_update([0])
+        .chain_update(signature)
+        .chain_update(message)
+        .finalize()
+        .into()
 }
 
 impl std::fmt::Debug for Authority {
@@ -136,6 +158,7 @@ impl Authority {
             policy,
             keyring_path,
             policy_path,
+            verified: Mutex::new(HashSet::new()),
         })
     }
 
@@ -160,7 +183,34 @@ impl Authority {
                 path: PathBuf::from(format!("{identity}.key")),
             })?;
         signer.sign(event);
+        // A signature made here verifies by construction, so the consumers
+        // in this process find it in the memo. Changed bytes change the
+        // digest and are verified in full.
+        let signature: Option<[u8; 64]> = event
+            .signature
+            .as_deref()
+            .and_then(|text| BASE64.decode(text).ok())
+            .and_then(|bytes| bytes.try_into().ok());
+        if let Some(signature) = signature {
+            self.remember(memo_digest(
+                signer.key_id(),
+                &signature,
+                &canonical_bytes(event),
+            ));
+        }
         Ok(())
+    }
+
+    /// Records a digest that passed verification.
+    fn remember(&self, digest: [u8; 32]) {
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if verified.len() >= VERIFIED_MEMO_LIMIT {
+            verified.clear();
+        }
+        verified.insert(digest);
     }
 
     /// Verifies the signature, the signer's key and the emitter policy.
@@ -198,8 +248,18 @@ impl Authority {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| bad_signature("not 64 bytes of base64".into()))?;
-        key.verify_strict(&canonical_bytes(event), &Signature::from_bytes(&bytes))
-            .map_err(|_| bad_signature("verification failed".into()))?;
+        let message = canonical_bytes(event);
+        let digest = memo_digest(key_id, &bytes, &message);
+        let seen = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&digest);
+        if !seen {
+            key.verify_strict(&message, &Signature::from_bytes(&bytes))
+                .map_err(|_| bad_signature("verification failed".into()))?;
+            self.remember(digest);
+        }
         if event.source != *identity {
             return Err(AuthzError::Policy {
                 event_id: event_id(),
