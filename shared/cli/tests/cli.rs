@@ -1,30 +1,14 @@
 //! The `underwrite` binary as a user runs it: each test in its own folder with
 //! its own store.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{command, text, underwrite};
 use rusqlite::Connection;
 use serde_json::json;
-
-fn underwrite(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_underwrite"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("UNDERWRITE_CONFIG")
-        .env_remove("UNDERWRITE_DB")
-        .env_remove("UNDERWRITE_LAKE")
-        .output()
-        .expect("underwrite runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A folder with an underwrite.json whose retries are fast.
 fn workspace() -> tempfile::TempDir {
@@ -446,8 +430,7 @@ fn every_command_has_help() {
 #[test]
 fn misspelled_log_level_is_rejected() {
     let dir = workspace();
-    let output = Command::new(env!("CARGO_BIN_EXE_underwrite"))
-        .current_dir(dir.path())
+    let output = command(dir.path())
         .env("UNDERWRITE_LOG_LEVEL", "loud")
         .arg("list")
         .output()

@@ -2,31 +2,14 @@
 //! keyring and policy it writes, and events changed or forged inside the
 //! store, which consumers reject to the dead-letter queue.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{text, underwrite};
 use rusqlite::Connection;
 use serde_json::{Value, json};
-
-fn underwrite(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_underwrite"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("UNDERWRITE_CONFIG")
-        .env_remove("UNDERWRITE_DB")
-        .env_remove("UNDERWRITE_LAKE")
-        .output()
-        .expect("underwrite runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn workspace(identities: Value) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

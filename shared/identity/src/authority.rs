@@ -89,8 +89,8 @@ pub struct Authority {
     policy_path: PathBuf,
     /// SHA-256 digests of (key id, signature, canonical bytes) that passed
     /// `verify_strict`. The embedded runtime delivers one event to several
-    /// queues of the same process; verifying the same bytes under the same
-    /// key again can only give the same answer, so a repeat is looked up.
+    /// queues of the same process. Verifying the same bytes under the same
+    /// key gives the same result, so a repeat is looked up instead.
     verified: Mutex<HashSet<[u8; 32]>>,
 }
 
@@ -182,22 +182,12 @@ impl Authority {
                 identity: identity.into(),
                 path: PathBuf::from(format!("{identity}.key")),
             })?;
-        signer.sign(event);
         // A signature made here verifies by construction, so the consumers
         // in this process find it in the memo. Changed bytes change the
         // digest and are verified in full.
-        let signature: Option<[u8; 64]> = event
-            .signature
-            .as_deref()
-            .and_then(|text| BASE64.decode(text).ok())
-            .and_then(|bytes| bytes.try_into().ok());
-        if let Some(signature) = signature {
-            self.remember(memo_digest(
-                signer.key_id(),
-                &signature,
-                &canonical_bytes(event),
-            ));
-        }
+        let message = canonical_bytes(event);
+        let signature = signer.sign_message(event, &message);
+        self.remember(memo_digest(signer.key_id(), &signature, &message));
         Ok(())
     }
 

@@ -106,9 +106,17 @@ impl Identity {
     /// `key_id`. Ed25519 signatures are deterministic, so signing the same
     /// event again gives the same bytes.
     pub fn sign(&self, event: &mut Envelope) {
-        let signature = self.signing_key.sign(&canonical_bytes(event));
-        event.signature = Some(BASE64.encode(signature.to_bytes()));
+        let message = canonical_bytes(event);
+        self.sign_message(event, &message);
+    }
+
+    /// Signs `message`, which must be `canonical_bytes(event)`, sets the
+    /// event's `signature` and `key_id`, and returns the signature bytes.
+    pub fn sign_message(&self, event: &mut Envelope, message: &[u8]) -> [u8; 64] {
+        let signature = self.signing_key.sign(message).to_bytes();
+        event.signature = Some(BASE64.encode(signature));
         event.key_id = Some(self.key_id.clone());
+        signature
     }
 
     /// Writes the private key to `path` with mode 0600. An existing file is
