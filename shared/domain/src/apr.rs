@@ -65,9 +65,9 @@ fn present_value(flows: &[Paise], monthly: i128) -> i128 {
 ///
 /// Bisection on [0, 100% a month]: the present value falls as the rate
 /// rises, so the bracket always contains the root. Iteration stops when the
-/// bracket is one unit wide, a precision of 10^-18 a month; fixed-point
-/// truncation in each discount step bounds the accuracy at about 10^-15 a
-/// month, far below the 0.0001% a year the result is rounded to.
+/// bracket is one unit wide, a precision of 10^-18 a month. Fixed-point
+/// truncation in each discount step limits the accuracy to about 10^-15 a
+/// month (an estimate), far below the 0.0001% a year the result is rounded to.
 pub fn monthly_irr(net: Paise, flows: &[Paise]) -> Result<i128, AprError> {
     if !net.is_positive() {
         return Err(AprError::NonPositiveNet { net });

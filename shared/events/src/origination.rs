@@ -117,7 +117,7 @@ pub struct ConsentWithdrawn {
     pub consent_id: ConsentId,
     /// The data principal.
     pub principal_id: BorrowerId,
-    /// Date of withdrawal; the consent holds no longer from this date.
+    /// Date of withdrawal. The consent is no longer valid from this date.
     pub withdrawn_on: BusinessDate,
 }
 

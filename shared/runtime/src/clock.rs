@@ -20,7 +20,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to, for tests.
+/// A clock for tests that moves only when a test advances it.
 #[derive(Debug, Default)]
 pub struct ManualClock {
     now_ms: AtomicI64,

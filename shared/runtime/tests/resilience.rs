@@ -13,8 +13,9 @@ use underwrite_runtime::{
     SupervisorState,
 };
 
-/// Fails as told: `retryable` and `panic` while `failing` is set, an authz
-/// error for payment ids starting with `forged`, success otherwise.
+/// A handler that fails on request: `retryable` and `panic` while `failing`
+/// is set, an authz error for payment ids starting with `forged`, and
+/// success otherwise.
 struct Flaky {
     failing: AtomicBool,
     panics: bool,

@@ -73,7 +73,7 @@ impl Metric {
 /// Builds an EMF document for `metrics` under `namespace`, with the given
 /// dimensions (such as `service`), at `timestamp_ms` since the Unix epoch.
 /// Fails when a limit is exceeded, a name is empty or repeated, or a value
-/// is not finite; the message names the value and the limit.
+/// is not finite. The message names the value and the limit.
 pub fn document(
     namespace: &str,
     dimensions: &[(&str, &str)],

@@ -3,7 +3,7 @@
 //!
 //! Export is on when `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` (the full URL) or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL, to which `/v1/logs` is added)
-//! is set; `OTEL_SERVICE_NAME` names the resource (`underwrite` by default).
+//! is set. `OTEL_SERVICE_NAME` names the resource (`underwrite` by default).
 //! Records pass the same level filter and redaction as the log lines. A
 //! background thread sends them in batches of up to 512, at least once a
 //! second, and a full buffer of 10,000 records drops new ones.

@@ -16,8 +16,8 @@ fn flat_fee(name: &str, recipient: FeeRecipient, amount: &str) -> FeeRule {
     }
 }
 
-/// The RBI KFS circular's Annex B example: ₹20,000 at 15% for 24 months
-/// with ₹240 of fees to the lender and ₹160 to third parties.
+/// Builds the policy of the RBI KFS circular's Annex B example: ₹20,000 at
+/// 15% for 24 months with ₹240 of fees to the lender and ₹160 to third parties.
 fn annex_b_policy(fees: Vec<FeeRule>) -> PricingPolicy {
     PricingPolicy {
         rate_grid: BTreeMap::from([(RiskGrade::parse("A").unwrap(), "15.00".parse().unwrap())]),
