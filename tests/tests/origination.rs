@@ -1,114 +1,20 @@
 //! Consent, pricing, KFS and fee services end to end on the embedded
 //! runtime, over a real SQLite file.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use underwrite_audit::Audit;
-use underwrite_consent::Consent;
-use underwrite_domain::pricing::{
-    FeeAmount, FeeFrequency, FeeRecipient, FeeRule, PenalPolicy, PricingPolicy, RiskGrade,
-};
+use underwrite_domain::pricing::PenalPolicy;
 use underwrite_domain::{BusinessDate, ProductCatalog};
 use underwrite_events::{Envelope, parse_input_line};
 use underwrite_fee::{Fee, FeeSettings};
-use underwrite_kfs::{KfsService, KfsSettings, StoredKfs, kfs_key, require_accepted_kfs};
-use underwrite_pricing::Pricing;
+use underwrite_kfs::{StoredKfs, kfs_key, require_accepted_kfs};
 use underwrite_runtime::{Service, Store};
+use underwrite_tests::origination::{
+    application, application_payload, consent_granted, consent_withdrawn, origination, risk_scored,
+};
 use underwrite_tests::{Harness, days_closed, disbursal, repayment};
-
-/// Builds the RBI KFS circular's Annex B tariff: grade A at 15%, ₹240 to
-/// the lender and ₹160 to a third party, both one-time.
-fn annex_b_policy() -> PricingPolicy {
-    let fee = |name: &str, recipient, amount: &str| FeeRule {
-        name: name.into(),
-        recipient,
-        frequency: FeeFrequency::OneTime,
-        amount: FeeAmount::Flat {
-            amount: amount.parse().unwrap(),
-        },
-        gst: false,
-    };
-    PricingPolicy {
-        rate_grid: BTreeMap::from([(RiskGrade::parse("A").unwrap(), "15.00".parse().unwrap())]),
-        fees: vec![
-            fee("processing fee", FeeRecipient::Lender, "240.00"),
-            fee("credit insurance", FeeRecipient::ThirdParty, "160.00"),
-        ],
-        ..PricingPolicy::default()
-    }
-}
-
-fn origination() -> Harness {
-    let services: Vec<Arc<dyn Service>> = vec![
-        Arc::new(Consent),
-        Arc::new(Pricing::new(annex_b_policy())),
-        Arc::new(KfsService::new(KfsSettings::default())),
-        Arc::new(Audit),
-    ];
-    Harness::with_services(services)
-}
-
-fn consent_granted(consent: &str, principal: &str, given_on: &str, expires_on: &str) -> String {
-    json!({
-        "id": format!("grant-{consent}"),
-        "type": "consent.granted",
-        "occurred_at": format!("{given_on}T09:00:00+05:30"),
-        "payload": {
-            "consent_id": consent, "principal_id": principal,
-            "purposes": ["credit_assessment", "loan_servicing"],
-            "data_items": ["pan", "income", "bank_statement"],
-            "notice_version": "2025-11", "notice_language": "hi",
-            "given_on": given_on, "expires_on": expires_on,
-        }
-    })
-    .to_string()
-}
-
-fn consent_withdrawn(consent: &str, principal: &str, withdrawn_on: &str) -> String {
-    json!({
-        "id": format!("withdraw-{consent}"),
-        "type": "consent.withdrawn",
-        "occurred_at": format!("{withdrawn_on}T11:00:00+05:30"),
-        "payload": { "consent_id": consent, "principal_id": principal, "withdrawn_on": withdrawn_on }
-    })
-    .to_string()
-}
-
-fn application_payload(application: &str, borrower: &str, applied_on: &str) -> Value {
-    json!({
-        "application_id": application, "borrower_id": borrower, "product": "personal",
-        "amount": "20000.00", "tenor_months": 24, "rate_type": "floating",
-        "borrower_type": "individual", "purpose": "non_business",
-        "applied_on": applied_on, "first_due_date": "2024-07-05",
-    })
-}
-
-fn application(application: &str, borrower: &str, applied_on: &str) -> String {
-    json!({
-        "id": format!("app-{application}"),
-        "type": "application.received",
-        "occurred_at": format!("{applied_on}T10:00:00+05:30"),
-        "payload": application_payload(application, borrower, applied_on),
-    })
-    .to_string()
-}
-
-/// Builds a `risk.scored` event as the risk service emits it.
-fn risk_scored(application: &str, grade: &str, on: &str) -> Envelope {
-    let id = format!("risk-{application}");
-    serde_json::from_value(json!({
-        "id": id, "type": "risk.scored", "version": 1, "source": "risk",
-        "subject": application, "occurred_at": format!("{on}T10:05:00+05:30"),
-        "business_date": on, "correlation_id": format!("app-{application}"),
-        "payload": {
-            "application_id": application, "pd": "0.0312", "grade": grade,
-            "model_version": "scorecard-test-1", "reason_codes": ["R01"],
-        }
-    }))
-    .unwrap()
-}
 
 fn date(text: &str) -> BusinessDate {
     text.parse().unwrap()

@@ -1,7 +1,9 @@
 //! The consent service: each data principal's consent artefacts under the
 //! Digital Personal Data Protection Act 2023.
 //!
-//! `consent.granted` and `consent.withdrawn` record artefacts; `day.closed`
+//! `consent.granted` and `consent.withdrawn` record artefacts; an
+//! `application.received` sent by the origination saga checks the
+//! applicant's consent for [`CREDIT_ASSESSMENT`]; `day.closed`
 //! expires those past their last date and emits `consent.expired`. A
 //! withdrawal that arrives after the `day.closed` of the consent's last
 //! date is still recorded, but `consent.expired` has then already gone out. Other
@@ -18,6 +20,10 @@ use underwrite_events::origination::{ConsentExpired, ConsentGranted, ConsentWith
 use underwrite_events::{ConsentId, Envelope, EventPayload};
 use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store};
+
+/// The consent purpose that covers assessing and pricing a loan
+/// application.
+pub const CREDIT_ASSESSMENT: &str = "credit_assessment";
 
 /// Key prefix of each principal's artefacts.
 pub const PRINCIPAL_PREFIX: &str = "consent/principal/";
@@ -255,6 +261,10 @@ impl Service for Consent {
         &["consent.granted", "consent.withdrawn", "day.closed"]
     }
 
+    fn commands(&self) -> &'static [&'static str] {
+        &["application.received"]
+    }
+
     async fn handle(
         &self,
         event: &Envelope,
@@ -272,6 +282,18 @@ impl Service for Consent {
             EventPayload::DayClosed(closed) => {
                 self.on_day_closed(event, closed.business_date, context, &mut outcome)
                     .await?
+            }
+            // The origination saga's first step: no personal data of the
+            // applicant is processed for credit assessment without active
+            // consent for it (DPDP Act 2023, s. 6).
+            EventPayload::ApplicationReceived(application) => {
+                require_consent(
+                    context.store,
+                    application.borrower_id.as_str(),
+                    CREDIT_ASSESSMENT,
+                    event.business_date,
+                )
+                .await?;
             }
             _ => {
                 return Err(unsubscribed(self.name(), event));

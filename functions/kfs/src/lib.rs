@@ -1,19 +1,22 @@
 //! The kfs service: issues the Key Fact Statement for each quote.
 //!
 //! `pricing.quoted` becomes a KFS, stored with its English and Hindi HTML
-//! under `kfs/<proposal number>` and announced by `kfs.issued`. Sanction
-//! calls [`require_accepted_kfs`], which rejects an acceptance outside the
-//! KFS's validity.
+//! under `kfs/<proposal number>` and announced by `kfs.issued`.
+//! `kfs.accepted` records the borrower's acceptance after checking it falls
+//! within the KFS's validity; `kfs.voided`, the origination saga's
+//! compensation, voids the KFS. Sanction calls [`require_accepted_kfs`],
+//! which rejects an acceptance outside the validity and a void KFS.
 
 #![warn(missing_docs)]
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use underwrite_consent::{CREDIT_ASSESSMENT, require_consent};
 use underwrite_domain::BusinessDate;
 use underwrite_domain::kfs::{
     GrievanceOfficer, Kfs, KfsIssue, Language, WorkingCalendar, render_html,
 };
-use underwrite_events::origination::PricingQuoted;
+use underwrite_events::origination::{KfsAccepted, KfsVoided, PricingQuoted};
 use underwrite_events::{Envelope, EventPayload};
 use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store};
@@ -69,6 +72,12 @@ pub struct StoredKfs {
     pub html_en: String,
     /// HTML in Hindi.
     pub html_hi: String,
+    /// The date the borrower accepted it, once accepted within validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_on: Option<BusinessDate>,
+    /// Why it was voided, once the origination saga voided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voided: Option<String>,
 }
 
 /// Renders a KFS as pretty-printed JSON.
@@ -80,25 +89,43 @@ pub fn render_json(kfs: &Kfs) -> String {
 /// acceptance on `accepted_on` falls within its validity; sanction calls
 /// this first.
 ///
-/// An expired KFS is a permanent error with code `kfs_expired`. An unknown
-/// proposal number is retryable, because the KFS may still be on its way.
+/// An expired KFS is a permanent error with code `kfs_expired`, and a void
+/// one with `kfs_void`. An unknown proposal number is retryable, because the
+/// KFS may still be on its way.
 pub async fn require_accepted_kfs(
     store: &dyn Store,
     proposal_number: &str,
     accepted_on: BusinessDate,
 ) -> Result<Kfs, HandlerError> {
     let (stored, _) = read_state::<StoredKfs>(store, &kfs_key(proposal_number)).await?;
-    let stored = stored.ok_or_else(|| {
-        HandlerError::retryable(
-            "kfs_not_found",
-            format!("KFS {proposal_number} not found: no kfs.issued has been handled for it; check the proposal number"),
-        )
-    })?;
+    let stored = stored.ok_or_else(|| kfs_not_found(proposal_number))?;
+    check_acceptable(&stored, accepted_on)?;
+    Ok(stored.kfs)
+}
+
+fn kfs_not_found(proposal_number: &str) -> HandlerError {
+    HandlerError::retryable(
+        "kfs_not_found",
+        format!(
+            "KFS {proposal_number} not found: no kfs.issued has been handled for it; check the proposal number"
+        ),
+    )
+}
+
+fn check_acceptable(stored: &StoredKfs, accepted_on: BusinessDate) -> Result<(), HandlerError> {
+    if let Some(reason) = &stored.voided {
+        return Err(HandlerError::permanent(
+            "kfs_void",
+            format!(
+                "KFS {} was voided ({reason}) and can no longer be accepted; the application must be priced again",
+                stored.kfs.proposal_number
+            ),
+        ));
+    }
     stored
         .kfs
         .check_acceptance(accepted_on)
-        .map_err(|error| HandlerError::permanent(error.code(), error.to_string()))?;
-    Ok(stored.kfs)
+        .map_err(|error| HandlerError::permanent(error.code(), error.to_string()))
 }
 
 /// The kfs service.
@@ -150,6 +177,8 @@ impl KfsService {
             html_en: render_html(&kfs, Language::English),
             html_hi: render_html(&kfs, Language::Hindi),
             kfs: kfs.clone(),
+            accepted_on: None,
+            voided: None,
         };
         let subject = kfs.proposal_number.clone();
         tracing::info!(
@@ -172,6 +201,68 @@ impl KfsService {
     }
 }
 
+impl KfsService {
+    async fn on_accepted(
+        &self,
+        event: &Envelope,
+        accepted: &KfsAccepted,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let key = kfs_key(&accepted.proposal_number);
+        let (stored, read) = read_state::<StoredKfs>(context.store, &key).await?;
+        let mut stored = stored.ok_or_else(|| kfs_not_found(&accepted.proposal_number))?;
+        if stored.kfs.application_id != accepted.application_id.as_str() {
+            return Err(HandlerError::permanent(
+                "kfs_application_mismatch",
+                format!(
+                    "KFS {} belongs to application {}, not {}; check the proposal number",
+                    accepted.proposal_number, stored.kfs.application_id, accepted.application_id
+                ),
+            ));
+        }
+        check_acceptable(&stored, accepted.accepted_on)?;
+        // Going on to sanction processes the applicant's data for credit, so
+        // a consent withdrawn since the KFS was issued stops it here: once
+        // consent is withdrawn, processing stops (DPDP Act 2023, s. 6).
+        require_consent(
+            context.store,
+            &stored.kfs.borrower_id,
+            CREDIT_ASSESSMENT,
+            event.business_date,
+        )
+        .await?;
+        // A repeated acceptance keeps the first date.
+        if stored.accepted_on.is_some() {
+            return Ok(Outcome::default());
+        }
+        stored.accepted_on = Some(accepted.accepted_on);
+        tracing::info!(proposal_number = %accepted.proposal_number, accepted_on = %accepted.accepted_on, "Recorded the acceptance of a KFS");
+        Ok(Outcome {
+            writes: vec![StateWrite::put(key, &stored, &read)],
+            emits: Vec::new(),
+        })
+    }
+
+    async fn on_voided(
+        &self,
+        voided: &KfsVoided,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let key = kfs_key(&voided.proposal_number);
+        let (stored, read) = read_state::<StoredKfs>(context.store, &key).await?;
+        let mut stored = stored.ok_or_else(|| kfs_not_found(&voided.proposal_number))?;
+        if stored.voided.is_some() {
+            return Ok(Outcome::default());
+        }
+        stored.voided = Some(voided.reason.clone());
+        tracing::info!(proposal_number = %voided.proposal_number, reason = %voided.reason, "Voided a KFS");
+        Ok(Outcome {
+            writes: vec![StateWrite::put(key, &stored, &read)],
+            emits: Vec::new(),
+        })
+    }
+}
+
 #[async_trait]
 impl Service for KfsService {
     fn name(&self) -> &'static str {
@@ -179,7 +270,11 @@ impl Service for KfsService {
     }
 
     fn subscriptions(&self) -> &'static [&'static str] {
-        &["pricing.quoted"]
+        &["pricing.quoted", "kfs.accepted"]
+    }
+
+    fn commands(&self) -> &'static [&'static str] {
+        &["kfs.voided"]
     }
 
     async fn handle(
@@ -190,6 +285,8 @@ impl Service for KfsService {
         let payload = typed_payload(event)?;
         match &payload {
             EventPayload::PricingQuoted(quoted) => self.on_quoted(event, quoted, context).await,
+            EventPayload::KfsAccepted(accepted) => self.on_accepted(event, accepted, context).await,
+            EventPayload::KfsVoided(voided) => self.on_voided(voided, context).await,
             _ => Err(unsubscribed(self.name(), event)),
         }
     }

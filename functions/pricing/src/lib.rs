@@ -3,27 +3,49 @@
 //!
 //! `application.received` records the application; `risk.scored` prices
 //! it and emits `pricing.quoted`. Both check the applicant's consent for
-//! [`CREDIT_ASSESSMENT`] first.
+//! [`CREDIT_ASSESSMENT`] first. `quote.withdrawn`, the origination saga's
+//! compensation, marks the application withdrawn, and a later score for it
+//! is rejected.
 
 #![warn(missing_docs)]
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use underwrite_consent::require_consent;
 use underwrite_domain::pricing::{PricingError, PricingPolicy, PricingRequest, quote};
-use underwrite_events::origination::{ApplicationReceived, PricingQuoted, RiskScored};
+use underwrite_events::origination::{
+    ApplicationReceived, PricingQuoted, QuoteWithdrawn, RiskScored,
+};
 use underwrite_events::{Envelope, EventPayload};
 use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite};
 
-/// The consent purpose that covers assessing and pricing an application.
-pub const CREDIT_ASSESSMENT: &str = "credit_assessment";
+pub use underwrite_consent::CREDIT_ASSESSMENT;
 
 /// Key prefix of recorded applications.
 pub const APPLICATION_PREFIX: &str = "pricing/application/";
 
+/// Key prefix of withdrawn quotes.
+pub const WITHDRAWN_PREFIX: &str = "pricing/withdrawn/";
+
 /// Returns the store key of an application.
 pub fn application_key(application_id: &str) -> String {
     format!("{APPLICATION_PREFIX}{application_id}")
+}
+
+/// Returns the store key of an application's quote withdrawal.
+pub fn withdrawn_key(application_id: &str) -> String {
+    format!("{WITHDRAWN_PREFIX}{application_id}")
+}
+
+/// A withdrawn quote, as the pricing service keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdrawal {
+    /// Why the saga withdrew it.
+    pub reason: String,
+    /// The business date of the withdrawal.
+    pub withdrawn_on: underwrite_domain::BusinessDate,
 }
 
 /// The pricing service.
@@ -71,12 +93,48 @@ impl Pricing {
         Ok(outcome)
     }
 
+    async fn on_withdrawn(
+        &self,
+        event: &Envelope,
+        withdrawn: &QuoteWithdrawn,
+        context: &Context<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let key = withdrawn_key(withdrawn.application_id.as_str());
+        let (existing, read) = read_state::<Withdrawal>(context.store, &key).await?;
+        if existing.is_some() {
+            return Ok(Outcome::default());
+        }
+        let record = Withdrawal {
+            reason: withdrawn.reason.clone(),
+            withdrawn_on: event.business_date,
+        };
+        tracing::info!(application_id = %withdrawn.application_id, reason = %withdrawn.reason, "Withdrew the quote of an application");
+        Ok(Outcome {
+            writes: vec![StateWrite::put(key, &record, &read)],
+            emits: Vec::new(),
+        })
+    }
+
     async fn on_scored(
         &self,
         event: &Envelope,
         scored: &RiskScored,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
+        let (withdrawal, _) = read_state::<Withdrawal>(
+            context.store,
+            &withdrawn_key(scored.application_id.as_str()),
+        )
+        .await?;
+        if let Some(withdrawal) = withdrawal {
+            return Err(HandlerError::permanent(
+                "quote_withdrawn",
+                format!(
+                    "application {} was withdrawn on {} ({}); send a new application_id to price it again",
+                    scored.application_id, withdrawal.withdrawn_on, withdrawal.reason
+                ),
+            ));
+        }
         let key = application_key(scored.application_id.as_str());
         let (application, _) = read_state::<ApplicationReceived>(context.store, &key).await?;
         let application = application.ok_or_else(|| {
@@ -152,6 +210,10 @@ impl Service for Pricing {
         &["application.received", "risk.scored"]
     }
 
+    fn commands(&self) -> &'static [&'static str] {
+        &["quote.withdrawn"]
+    }
+
     async fn handle(
         &self,
         event: &Envelope,
@@ -163,6 +225,9 @@ impl Service for Pricing {
                 self.on_application(event, application, context).await
             }
             EventPayload::RiskScored(scored) => self.on_scored(event, scored, context).await,
+            EventPayload::QuoteWithdrawn(withdrawn) => {
+                self.on_withdrawn(event, withdrawn, context).await
+            }
             _ => Err(unsubscribed(self.name(), event)),
         }
     }

@@ -36,8 +36,8 @@ impl Default for IdentitySettings {
 }
 
 /// Returns the policy written when none exists: each input type from the
-/// ingest edge, and from each service the types its handler emits.
-/// mechanism and audit emit none.
+/// ingest edge, from each service the types its handler emits, and from the
+/// origination saga its compensations. mechanism and audit emit none.
 pub fn default_policy() -> Policy {
     Policy::from_pairs([
         (
@@ -51,8 +51,10 @@ pub fn default_policy() -> Policy {
                 "consent.granted",
                 "consent.withdrawn",
                 "risk.scored",
+                "kfs.accepted",
             ][..],
         ),
+        ("origination", &["quote.withdrawn", "kfs.voided"][..]),
         ("consent", &["consent.expired"][..]),
         ("pricing", &["pricing.quoted"][..]),
         ("kfs", &["kfs.issued"][..]),
@@ -75,7 +77,7 @@ pub fn load_authority(settings: &IdentitySettings) -> anyhow::Result<Option<Arc<
     let names: Vec<&str> = crate::services::NAMES
         .iter()
         .copied()
-        .chain([INGEST_IDENTITY])
+        .chain([INGEST_IDENTITY, underwrite_saga::definition::ORIGINATION])
         .collect();
     let dir = KeyDir::new(&settings.key_dir);
     let authority = Authority::load(&dir, &names, settings.create_missing, &default_policy())

@@ -10,6 +10,7 @@ mod example;
 mod health;
 mod identity;
 mod input;
+mod saga;
 mod serve;
 mod services;
 
@@ -93,6 +94,11 @@ enum Command {
     Example {
         #[command(subcommand)]
         example: ExampleCommand,
+    },
+    /// Inspect and resume sagas (loan origination).
+    Saga {
+        #[command(subcommand)]
+        action: saga::SagaCommand,
     },
     /// Measure throughput and day-end speed; prints ratios measured in this run.
     Bench(bench::BenchArgs),
@@ -181,6 +187,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Example {
             example: ExampleCommand::GermanCredit(args),
         } => example::german_credit(&config, args).await,
+        Command::Saga { action } => saga::saga(&config, action).await,
         Command::Bench(args) => bench::bench(&config, args).await,
         Command::Identity(args) => identity::identity(&config, args),
     }

@@ -216,3 +216,69 @@ pub struct FeeAssess {
     /// The business date of the assessment.
     pub assessed_on: BusinessDate,
 }
+
+/// Checks a KFS proposal number: the form `KFS-<application id>-<YYYYMMDD>`
+/// that the kfs service issues, or any other id of 1 to 128 characters from
+/// the id alphabet.
+fn check_proposal_number(proposal_number: &str) -> Result<(), String> {
+    ApplicationId::parse(proposal_number)
+        .map(|_| ())
+        .map_err(|_| {
+            format!(
+                "invalid proposal_number {proposal_number:?}: use the proposal number of the kfs.issued, such as \"KFS-APP0001-20240607\""
+            )
+        })
+}
+
+/// `kfs.accepted`: the borrower accepted a Key Fact Statement. Sanction
+/// requires the acceptance to fall within the KFS's validity (RBI KFS
+/// circular RBI/2024-25/18: at least 3 working days, 1 when the tenor is
+/// under 7 days).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KfsAccepted {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The proposal number of the KFS accepted.
+    pub proposal_number: String,
+    /// The date the borrower accepted it.
+    pub accepted_on: BusinessDate,
+}
+
+impl KfsAccepted {
+    /// Checks the rules the types alone do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        check_proposal_number(&self.proposal_number)
+    }
+}
+
+/// `quote.withdrawn`: the origination saga withdrew an application's quote
+/// while rolling back; the application is priced no more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteWithdrawn {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The step that failed and its error code, such as `acceptance: kfs_expired`.
+    pub reason: String,
+}
+
+/// `kfs.voided`: the origination saga voided a KFS while rolling back; it
+/// can no longer be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KfsVoided {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The proposal number of the KFS voided.
+    pub proposal_number: String,
+    /// The step that failed and its error code.
+    pub reason: String,
+}
+
+impl KfsVoided {
+    /// Checks the rules the types alone do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        check_proposal_number(&self.proposal_number)
+    }
+}

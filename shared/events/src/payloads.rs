@@ -7,8 +7,8 @@ use underwrite_domain::kfs::Kfs;
 
 use crate::ids::{BorrowerId, EventId, LoanId, PaymentId};
 use crate::origination::{
-    ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess,
-    PricingQuoted, RiskScored,
+    ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess, KfsAccepted,
+    KfsVoided, PricingQuoted, QuoteWithdrawn, RiskScored,
 };
 
 /// The event types of the catalogue, with their wire names.
@@ -44,11 +44,17 @@ pub enum EventType {
     KfsIssued,
     /// `fee.assess`
     FeeAssess,
+    /// `kfs.accepted`
+    KfsAccepted,
+    /// `quote.withdrawn`
+    QuoteWithdrawn,
+    /// `kfs.voided`
+    KfsVoided,
 }
 
 impl EventType {
     /// Every known type.
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 18] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -64,12 +70,16 @@ impl EventType {
         EventType::PricingQuoted,
         EventType::KfsIssued,
         EventType::FeeAssess,
+        EventType::KfsAccepted,
+        EventType::QuoteWithdrawn,
+        EventType::KfsVoided,
     ];
 
     /// Types a lender's systems send in (`underwrite run --input`).
     /// `risk.scored` is among them so that a lender's own scorecard can
-    /// feed pricing.
-    pub const INPUT: [EventType; 8] = [
+    /// feed pricing, and `kfs.accepted` so that the lender's front end can
+    /// report the borrower's acceptance.
+    pub const INPUT: [EventType; 9] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -78,6 +88,7 @@ impl EventType {
         EventType::ConsentGranted,
         EventType::ConsentWithdrawn,
         EventType::RiskScored,
+        EventType::KfsAccepted,
     ];
 
     /// Returns the wire name, such as `loan.disbursed`.
@@ -98,6 +109,9 @@ impl EventType {
             EventType::PricingQuoted => "pricing.quoted",
             EventType::KfsIssued => "kfs.issued",
             EventType::FeeAssess => "fee.assess",
+            EventType::KfsAccepted => "kfs.accepted",
+            EventType::QuoteWithdrawn => "quote.withdrawn",
+            EventType::KfsVoided => "kfs.voided",
         }
     }
 
@@ -272,6 +286,12 @@ pub enum EventPayload {
     KfsIssued(Box<Kfs>),
     /// `fee.assess`
     FeeAssess(FeeAssess),
+    /// `kfs.accepted`
+    KfsAccepted(KfsAccepted),
+    /// `quote.withdrawn`
+    QuoteWithdrawn(QuoteWithdrawn),
+    /// `kfs.voided`
+    KfsVoided(KfsVoided),
 }
 
 impl EventPayload {
@@ -293,6 +313,9 @@ impl EventPayload {
             EventPayload::PricingQuoted(_) => EventType::PricingQuoted,
             EventPayload::KfsIssued(_) => EventType::KfsIssued,
             EventPayload::FeeAssess(_) => EventType::FeeAssess,
+            EventPayload::KfsAccepted(_) => EventType::KfsAccepted,
+            EventPayload::QuoteWithdrawn(_) => EventType::QuoteWithdrawn,
+            EventPayload::KfsVoided(_) => EventType::KfsVoided,
         }
     }
 
@@ -315,6 +338,9 @@ impl EventPayload {
             EventPayload::PricingQuoted(p) => serde_json::to_value(p),
             EventPayload::KfsIssued(p) => serde_json::to_value(p),
             EventPayload::FeeAssess(p) => serde_json::to_value(p),
+            EventPayload::KfsAccepted(p) => serde_json::to_value(p),
+            EventPayload::QuoteWithdrawn(p) => serde_json::to_value(p),
+            EventPayload::KfsVoided(p) => serde_json::to_value(p),
         };
         value.expect("payload types serialise to JSON")
     }
@@ -341,6 +367,9 @@ impl EventPayload {
             EventType::PricingQuoted => EventPayload::PricingQuoted(typed(payload)?),
             EventType::KfsIssued => EventPayload::KfsIssued(Box::new(typed(payload)?)),
             EventType::FeeAssess => EventPayload::FeeAssess(typed(payload)?),
+            EventType::KfsAccepted => EventPayload::KfsAccepted(typed(payload)?),
+            EventType::QuoteWithdrawn => EventPayload::QuoteWithdrawn(typed(payload)?),
+            EventType::KfsVoided => EventPayload::KfsVoided(typed(payload)?),
         };
         parsed.validate()?;
         Ok(parsed)
@@ -387,6 +416,8 @@ impl EventPayload {
             EventPayload::ApplicationReceived(p) => p.validate(),
             EventPayload::ConsentGranted(p) => p.artefact().validate(),
             EventPayload::RiskScored(p) => p.validate(),
+            EventPayload::KfsAccepted(p) => p.validate(),
+            EventPayload::KfsVoided(p) => p.validate(),
             EventPayload::RepaymentReceived(p) if !p.amount.is_positive() => Err(format!(
                 "invalid amount {:?}: a repayment must be greater than zero",
                 p.amount.to_string()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use underwrite_events::{Envelope, trace_id};
 use underwrite_identity::{Authority, INGEST_IDENTITY, IdentityError};
 
@@ -34,6 +34,9 @@ pub struct Progress {
     pub retried: u64,
     /// Records moved to the dead-letter queue.
     pub dead_lettered: u64,
+    /// Saga commands that failed permanently and were answered to their saga
+    /// as a failed step instead of going to the dead-letter queue.
+    pub answered_failures: u64,
     /// Events emitted by handlers.
     pub emitted: u64,
     /// Messages waiting in the selected queues after the last batch.
@@ -95,6 +98,7 @@ pub struct EmbeddedRuntime {
     run_id: String,
     started_ms: i64,
     authority: Option<Arc<Authority>>,
+    saga_commands: std::sync::RwLock<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl EmbeddedRuntime {
@@ -115,7 +119,47 @@ impl EmbeddedRuntime {
             run_id: uuid::Uuid::now_v7().to_string(),
             started_ms: now_ms(),
             authority: None,
+            saga_commands: Default::default(),
         }
+    }
+
+    /// Registers (service, event type) pairs that a saga sends as step
+    /// commands. An event a saga step answered with, and a saga's input, are
+    /// not routed by subscription to these pairs: the saga sends them on as
+    /// commands when the step before succeeds, so a declined application
+    /// never reaches the later steps.
+    pub fn register_saga_commands<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut commands = self
+            .saga_commands
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (service, event_type) in pairs {
+            commands.insert((service.to_string(), event_type.to_string()));
+        }
+    }
+
+    /// Queues subscribed to `event_type` for an event that belongs to a saga:
+    /// the subscribers, less those the saga sends this type to as a command.
+    pub fn saga_routes(&self, event_type: &str) -> Vec<&'static str> {
+        let commands = self
+            .saga_commands
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.routes(event_type)
+            .into_iter()
+            .filter(|service| !commands.contains(&(service.to_string(), event_type.to_string())))
+            .collect()
+    }
+
+    /// Signs events emitted by `identity`, such as a saga's compensations;
+    /// does nothing when signing is off.
+    pub fn sign_as(&self, identity: &str, events: &mut [Envelope]) -> Result<(), IdentityError> {
+        if let Some(authority) = &self.authority {
+            for event in events {
+                authority.sign(identity, event)?;
+            }
+        }
+        Ok(())
     }
 
     /// Signs every emitted event with its service's key and verifies every
@@ -252,6 +296,24 @@ impl EmbeddedRuntime {
     ) -> Result<(), StoreError> {
         let messages = self.route_all(events);
         self.store.send_many_with_writes(&messages, writes)
+    }
+
+    /// Routes the outputs of a saga command, leaving out the queues the saga
+    /// itself sends them to (see `register_saga_commands`).
+    pub fn route_saga_outputs(
+        &self,
+        events: &[Envelope],
+    ) -> Vec<(Vec<&'static str>, String, String)> {
+        events
+            .iter()
+            .map(|event| {
+                (
+                    self.saga_routes(&event.event_type),
+                    event.id.to_string(),
+                    event.to_json(),
+                )
+            })
+            .collect()
     }
 
     fn route_all(&self, events: &[Envelope]) -> Vec<(Vec<&'static str>, String, String)> {
@@ -480,9 +542,19 @@ impl EmbeddedRuntime {
             Ok(event) => event,
             Err(error) => {
                 warn!(service = queue, message_id = %message.message_id, error_code = "invalid_event", %error, "Rejected an invalid event to the dead-letter queue.");
-                self.store
-                    .dead_letter(queue, message, "invalid_event", &error.to_string())?;
-                totals.dead_lettered += 1;
+                if let Some(token) = &message.task_token {
+                    self.store.answer_failure(
+                        message,
+                        token,
+                        "invalid_event",
+                        &error.to_string(),
+                    )?;
+                    totals.answered_failures += 1;
+                } else {
+                    self.store
+                        .dead_letter(queue, message, "invalid_event", &error.to_string())?;
+                    totals.dead_lettered += 1;
+                }
                 return Ok(());
             }
         };
@@ -503,7 +575,7 @@ impl EmbeddedRuntime {
             // be a completed event. Concurrent consumers need the lease.
             if verified.is_ok() && self.store.is_complete(queue, event.id.as_str())? {
                 debug!("Dropped a duplicate delivery of a completed event.");
-                self.store.delete(message.seq)?;
+                self.store.answer_duplicate(queue, message, event.id.as_str())?;
                 totals.duplicates += 1;
                 return Ok(());
             }
@@ -555,8 +627,12 @@ impl EmbeddedRuntime {
             };
             let error = match result {
                 Ok(outcome) => {
-                    let outputs = self.route_all(&outcome.emits);
-                    let committed = self.store.commit(queue, message.seq, event.id.as_str(), &outcome.writes, &outputs);
+                    let outputs = if message.task_token.is_some() {
+                        self.route_saga_outputs(&outcome.emits)
+                    } else {
+                        self.route_all(&outcome.emits)
+                    };
+                    let committed = self.store.commit(queue, message, event.id.as_str(), &outcome.writes, &outputs);
                     self.count_store_error(&committed);
                     match committed {
                         Ok(CommitResult::Committed) => {
@@ -581,6 +657,12 @@ impl EmbeddedRuntime {
                 Err(error) => error,
             };
             self.record_failure(queue, &error, panicked);
+            if let (Some(token), false) = (&message.task_token, error.is_retryable()) {
+                self.store.answer_failure(message, token, error.code(), &error.to_string())?;
+                info!(service = queue, event_type = %event.event_type, error_code = error.code(), event_id = event.id.as_str(), task_token = token.as_str(), "Answered a saga step with its permanent failure.");
+                totals.answered_failures += 1;
+                return Ok(());
+            }
             let dead = self.store.fail(
                 queue,
                 message,

@@ -41,6 +41,10 @@ pub struct ReceivedMessage {
     pub body: String,
     /// How many times it has been received, this time included.
     pub receive_count: u32,
+    /// The saga step waiting for the handler's answer, when a saga sent the
+    /// message as a step's command (the embedded form of a Step Functions
+    /// task token).
+    pub task_token: Option<String>,
 }
 
 /// A message that could not be handled, kept with why.
@@ -64,4 +68,7 @@ pub struct DeadLetter {
     pub receive_count: u32,
     /// When it failed, Unix milliseconds.
     pub failed_ms: i64,
+    /// The saga step waiting for it, kept so that a replay still answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_token: Option<String>,
 }

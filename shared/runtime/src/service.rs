@@ -102,6 +102,21 @@ pub trait Service: Send + Sync {
     /// Returns the event types it handles, where `*` subscribes to every type.
     fn subscriptions(&self) -> &'static [&'static str];
 
+    /// Returns the event types it handles only when a saga sends them to its
+    /// queue as a step's command or compensation, besides its subscriptions.
+    fn commands(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Checks whether the service handles `event_type`, by subscription or
+    /// as a saga command.
+    fn handles(&self, event_type: &str) -> bool {
+        self.subscriptions()
+            .iter()
+            .chain(self.commands())
+            .any(|t| *t == "*" || *t == event_type)
+    }
+
     /// Handles one event. Must be deterministic in the event and the state
     /// it reads, so that a redelivery computes the same outcome.
     async fn handle(

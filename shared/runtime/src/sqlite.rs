@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_snapshot_end",
         include_str!("../../../migrations/0003_run_snapshot_end.sql"),
     ),
+    (
+        4,
+        "sagas",
+        include_str!("../../../migrations/0004_sagas.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -198,7 +203,7 @@ impl SqliteStore {
         {
             let mut select = tx
                 .prepare_cached(
-                    "SELECT seq, message_id, body, receive_count FROM queue_messages
+                    "SELECT seq, message_id, body, receive_count, task_token FROM queue_messages
                      WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY visible_ms, seq LIMIT ?3",
                 )
                 .map_err(unavailable)?;
@@ -209,6 +214,7 @@ impl SqliteStore {
                         message_id: row.get(1)?,
                         body: row.get(2)?,
                         receive_count: row.get::<_, u32>(3)? + 1,
+                        task_token: row.get(4)?,
                     })
                 })
                 .map_err(unavailable)?;
@@ -277,25 +283,30 @@ impl SqliteStore {
 
     /// Commits a handled event in one transaction: the conditional writes,
     /// the completed idempotency record with its outputs, the outputs on
-    /// their subscribers' queues, and the deletion of the message.
+    /// their subscribers' queues, the answer to the saga step when the
+    /// message carried a task token, and the deletion of the message.
     pub fn commit(
         &self,
         service: &str,
-        message_seq: i64,
+        message: &ReceivedMessage,
         event_id: &str,
         writes: &[StateWrite],
         outputs: &[(Vec<&str>, String, String)],
     ) -> Result<CommitResult, StoreError> {
+        let message_seq = message.seq;
         let mut connection = self.lock();
         let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
-        let done: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM idempotency WHERE service = ?1 AND event_id = ?2")
+        let done: Option<String> = tx
+            .prepare_cached("SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2")
             .map_err(unavailable)?
             .query_row(params![service, event_id], |row| row.get(0))
             .optional()
             .map_err(unavailable)?;
-        if done.is_some() {
+        if let Some(stored_outputs) = done {
+            if let Some(token) = &message.task_token {
+                insert_answer(&tx, token, None, &stored_outputs, now)?;
+            }
             tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
                 .map_err(unavailable)?
                 .execute([message_seq])
@@ -327,12 +338,80 @@ impl SqliteStore {
         for (queues, id, body) in outputs {
             enqueue(&tx, queues, id, body, now)?;
         }
+        if let Some(token) = &message.task_token {
+            insert_answer(&tx, token, None, &output_array, now)?;
+        }
         tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
             .map_err(unavailable)?
             .execute([message_seq])
             .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(CommitResult::Committed)
+    }
+
+    /// Answers the saga step of a message whose event `service` had already
+    /// completed, with the outputs stored then, and deletes the message. A
+    /// redelivered command thus gets the same answer as the first delivery.
+    pub fn answer_duplicate(
+        &self,
+        service: &str,
+        message: &ReceivedMessage,
+        event_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.savepoint().map_err(unavailable)?;
+        if let Some(token) = &message.task_token {
+            let outputs: Option<String> = tx
+                .prepare_cached(
+                    "SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2",
+                )
+                .map_err(unavailable)?
+                .query_row(params![service, event_id], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(outputs) = outputs {
+                insert_answer(&tx, token, None, &outputs, now_ms())?;
+            }
+        }
+        tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+            .map_err(unavailable)?
+            .execute([message.seq])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Answers the saga step of a message with a permanent failure and
+    /// deletes the message. The saga, not the dead-letter queue, then
+    /// decides what follows, as `SendTaskFailure` does on AWS.
+    pub fn answer_failure(
+        &self,
+        message: &ReceivedMessage,
+        token: &str,
+        code: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.savepoint().map_err(unavailable)?;
+        insert_answer(&tx, token, Some((code, error)), "[]", now_ms())?;
+        tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+            .map_err(unavailable)?
+            .execute([message.seq])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)
+    }
+
+    /// Runs `work` in one transaction (a savepoint, so it nests inside a
+    /// batch). The saga runner uses it to record a step and send its command
+    /// together.
+    pub fn transaction<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lock();
+        let tx = connection.savepoint().map_err(unavailable)?;
+        let result = work(&tx)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(result)
     }
 
     /// Records a failed receive. A permanent failure, or a retryable one on
@@ -367,8 +446,8 @@ impl SqliteStore {
             } else {
                 "retries_exhausted"
             };
-            tx.prepare_cached("INSERT INTO dead_letters (queue, message_id, body, error_kind, error_code, error_message, receive_count, sent_ms, failed_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").map_err(unavailable)?.execute(params![queue, message.message_id, message.body, kind, code, error, message.receive_count, sent_ms, now],
+            tx.prepare_cached("INSERT INTO dead_letters (queue, message_id, body, error_kind, error_code, error_message, receive_count, sent_ms, failed_ms, task_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)").map_err(unavailable)?.execute(params![queue, message.message_id, message.body, kind, code, error, message.receive_count, sent_ms, now, message.task_token],
             )
             .map_err(unavailable)?;
             tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
@@ -461,7 +540,7 @@ impl SqliteStore {
         let connection = self.lock();
         let mut statement = connection
             .prepare(
-                "SELECT seq, queue, message_id, body, error_kind, error_code, error_message, receive_count, failed_ms
+                "SELECT seq, queue, message_id, body, error_kind, error_code, error_message, receive_count, failed_ms, task_token
                  FROM dead_letters WHERE ?1 IS NULL OR queue = ?1 ORDER BY seq",
             )
             .map_err(unavailable)?;
@@ -477,6 +556,7 @@ impl SqliteStore {
                     error_message: row.get(6)?,
                     receive_count: row.get(7)?,
                     failed_ms: row.get(8)?,
+                    task_token: row.get(9)?,
                 })
             })
             .map_err(unavailable)?;
@@ -496,11 +576,12 @@ impl SqliteStore {
         let tx = connection.savepoint().map_err(unavailable)?;
         let now = now_ms();
         for letter in &letters[..take] {
-            enqueue(
+            enqueue_command(
                 &tx,
-                &[letter.queue.as_str()],
+                &letter.queue,
                 &letter.message_id,
                 &letter.body,
+                letter.task_token.as_deref(),
                 now,
             )?;
             tx.prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")
@@ -564,6 +645,50 @@ fn enqueue(
             .execute(params![queue, message_id, body, now])
             .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Enqueues one message on `queue`, with the task token of the saga step
+/// that waits for its answer, if any.
+pub fn enqueue_command(
+    tx: &Connection,
+    queue: &str,
+    message_id: &str,
+    body: &str,
+    task_token: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO queue_messages (queue, message_id, body, sent_ms, visible_ms, task_token) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+    )
+    .map_err(unavailable)?
+    .execute(params![queue, message_id, body, now, task_token])
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Records the answer to a task token, a success with the handler's outputs
+/// (a JSON array) or a failure with its code and message. The first answer
+/// wins: a later one for the same token changes nothing, as Step Functions
+/// rejects an answer to a closed token.
+fn insert_answer(
+    tx: &Connection,
+    token: &str,
+    failure: Option<(&str, &str)>,
+    outputs: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (outcome, code, message) = match failure {
+        None => ("success", None, None),
+        Some((code, message)) => ("failure", Some(code), Some(message)),
+    };
+    tx.prepare_cached(
+        "INSERT INTO saga_answers (task_token, outcome, outputs, error_code, error_message, answered_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (task_token) DO NOTHING",
+    )
+    .map_err(unavailable)?
+    .execute(params![token, outcome, outputs, code, message, now])
+    .map_err(unavailable)?;
     Ok(())
 }
 

@@ -1,0 +1,228 @@
+//! `underwrite saga`: list and show the sagas in the store, resume them
+//! after a crash, and write the state machine generated from the saga
+//! definition.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use underwrite_saga::{SagaStatus, StatusCounts, list_sagas, load_saga, origination, replay_saga};
+
+use crate::config::Config;
+
+/// Subcommands of `underwrite saga`.
+#[derive(Subcommand)]
+pub enum SagaCommand {
+    /// List sagas by id with their status and, for a failed one, the step and reason.
+    List {
+        /// Only sagas with this status: started, completed, compensating or rolled_back.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one saga's steps and compensations with their commands and answers.
+    Show {
+        /// The saga's id: the application id for origination.
+        saga_id: String,
+    },
+    /// Resume sagas after a crash or a stop: handle the queued commands and move each saga on from the state in the store.
+    Replay {
+        /// Only report on this saga; every unfinished saga is resumed.
+        saga_id: Option<String>,
+    },
+    /// Write the origination state machine (Amazon States Language) generated from the saga definition, after linting it.
+    Asl {
+        /// File to write.
+        #[arg(long, default_value = "infra/statemachines/origination.asl.json")]
+        out: PathBuf,
+        /// Write nothing; exit 1 if the file differs from the generated document.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Lint a state machine file: transitions, reachability, Retry and Catch on every task, task tokens, compensation order.
+    Lint {
+        /// The ASL file.
+        #[arg(default_value = "infra/statemachines/origination.asl.json")]
+        file: PathBuf,
+    },
+}
+
+pub async fn saga(config: &Config, command: SagaCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SagaCommand::List { status } => list(config, status.as_deref()),
+        SagaCommand::Show { saga_id } => show(config, &saga_id),
+        SagaCommand::Replay { saga_id } => replay(config, saga_id.as_deref()).await,
+        SagaCommand::Asl { out, check } => write_asl(&out, check),
+        SagaCommand::Lint { file } => lint_file(&file),
+    }
+}
+
+fn parse_status(text: &str) -> anyhow::Result<SagaStatus> {
+    match SagaStatus::parse(text) {
+        Some(status) => Ok(status),
+        None => bail!(
+            "unknown saga status {text:?}: use one of {}",
+            SagaStatus::ALL.map(SagaStatus::as_str).join(", ")
+        ),
+    }
+}
+
+fn list(config: &Config, status: Option<&str>) -> anyhow::Result<ExitCode> {
+    let status = status.map(parse_status).transpose()?;
+    let store = crate::commands::open_store(config)?;
+    let sagas = list_sagas(&store, status)?;
+    if sagas.is_empty() {
+        println!("No sagas.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<12} {:<13} failed at",
+        "saga", "definition", "status"
+    );
+    for saga in &sagas {
+        let failure = match (&saga.failed_step, saga.failure_code()) {
+            (Some(step), Some(code)) => format!("{step}: {code}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<24} {:<12} {:<13} {failure}",
+            saga.saga_id, saga.definition, saga.status
+        );
+    }
+    let mut counts = StatusCounts::new();
+    for saga in &sagas {
+        *counts.entry(saga.status).or_default() += 1;
+    }
+    println!("{} sagas: {}", sagas.len(), format_counts(&counts));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Formats counts by status, such as `3 completed, 1 rolled_back`.
+pub fn format_counts(counts: &StatusCounts) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(status, count)| format!("{count} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(config: &Config, saga_id: &str) -> anyhow::Result<ExitCode> {
+    let store = crate::commands::open_store(config)?;
+    let Some(saga) = load_saga(&store, saga_id)? else {
+        bail!("saga {saga_id} not found; `underwrite saga list` shows the sagas in the store");
+    };
+    println!(
+        "Saga {} ({}): {}",
+        saga.saga_id, saga.definition, saga.status
+    );
+    if let (Some(step), Some(failure)) = (&saga.failed_step, &saga.failure) {
+        println!(
+            "Failed at {step}: {}",
+            underwrite_telemetry::redact::redact(failure)
+        );
+    }
+    println!(
+        "{:<13} {:<11} {:<10} {:<21} {:<10} answer",
+        "phase", "step", "service", "command", "status"
+    );
+    for step in &saga.steps {
+        let answer = match (&step.error_code, &step.answer) {
+            (Some(code), _) => code.clone(),
+            (None, Some(answer)) => answer_types(answer),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{:<13} {:<11} {:<10} {:<21} {:<10} {answer}",
+            step.phase.as_str(),
+            step.step,
+            step.service,
+            step.command_type,
+            step.status.as_str(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lists the event types in a stored answer, or `(no events)`.
+fn answer_types(answer: &str) -> String {
+    let events: Vec<serde_json::Value> = serde_json::from_str(answer).unwrap_or_default();
+    if events.is_empty() {
+        return "(no events)".into();
+    }
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?").to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn replay(config: &Config, saga_id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let runtime = crate::commands::open_runtime(config)?;
+    let definition = origination();
+    let mut rounds = 0;
+    let (counts, record) = replay_saga(&runtime, &definition, saga_id, &mut |counts| {
+        rounds += 1;
+        eprintln!("round {rounds}: {}", format_counts(counts));
+    })
+    .await?;
+    println!("Sagas: {}.", format_counts(&counts));
+    if let Some(record) = record {
+        println!("Saga {}: {}.", record.saga_id, record.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_asl(out: &Path, check: bool) -> anyhow::Result<ExitCode> {
+    let document = underwrite_saga::asl::generate(&origination());
+    let problems = underwrite_saga::lint::lint(&document);
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        bail!("the generated state machine fails the lint; fix the saga definition");
+    }
+    let text = underwrite_saga::asl::to_pretty_json(&document);
+    if check {
+        let current = std::fs::read_to_string(out).unwrap_or_default();
+        if current == text {
+            println!("{} matches the saga definition.", out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "{} differs from the saga definition; run `underwrite saga asl` to regenerate it",
+            out.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("Failed to create folder {}", parent.display()))?;
+    }
+    std::fs::write(out, text).with_context(|| format!("Failed to write {}", out.display()))?;
+    println!(
+        "Wrote {} ({} states); it passes the lint.",
+        out.display(),
+        document["States"].as_object().map_or(0, |s| s.len())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lint_file(file: &Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("Failed to read {}", file.display()))?;
+    let document: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", file.display()))?;
+    let problems = underwrite_saga::lint::lint(&document);
+    if problems.is_empty() {
+        println!("{}: no problems.", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &problems {
+        println!("{}: {problem}", file.display());
+    }
+    println!("{} problems.", problems.len());
+    Ok(ExitCode::from(1))
+}
