@@ -35,9 +35,9 @@ pub const COMPENSATION_FAILED: &str = "compensation_failed";
 /// with a 180-second visibility timeout).
 pub const SERVICE_HEARTBEAT_SECONDS: u64 = 1_800;
 
-/// Seconds the borrower has to accept: the KFS is valid for at most 3
-/// working days, which with Sundays and holidays can span about a week; the
-/// sanction step checks the validity itself.
+/// Seconds the borrower has to accept. The KFS is valid for 3 working days,
+/// which with Sundays and holidays can span about a week. The sanction step
+/// checks the validity itself, so this is only an upper bound.
 pub const BORROWER_TIMEOUT_SECONDS: u64 = 14 * 24 * 3_600;
 
 /// Errors of the SQS integration that a resend can cure.
@@ -67,9 +67,9 @@ pub fn pascal(name: &str) -> String {
         .collect()
 }
 
-/// The compensation state that a failure of `steps[position]` leads to:
-/// that of the latest earlier step with a compensation, or the final
-/// `Fail` state when none has one.
+/// Returns the state a failure of `steps[position]` leads to: the
+/// compensation of the latest earlier step that has one, or the final
+/// `Fail` state when none has.
 fn first_compensation(steps: &[Step], position: usize) -> String {
     steps[..position]
         .iter()

@@ -1,9 +1,11 @@
-//! A lint for saga state machines in Amazon States Language, for the checks
-//! cfn-lint does not make inside a state machine definition: every
-//! transition names an existing state, every state is reachable, every task
-//! retries with jitter and catches every error into `$.error`, every task
-//! carries its task token, compensations run in reverse order of the steps
-//! they undo and end in `Fail`, and terminal states are terminal.
+//! A lint for saga state machines in Amazon States Language, because
+//! cfn-lint does not look inside a state machine definition.
+//!
+//! It checks that every transition names an existing state and every state
+//! is reachable. Every task must retry with jitter, catch every error into
+//! `$.error` and carry its task token. Compensations must run in reverse
+//! order of the steps they undo and end in `Fail`, and terminal states must
+//! have no transition.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -19,7 +21,7 @@ pub struct LintError {
     pub state: String,
     /// A fixed name of the rule broken, such as `missing_next`.
     pub rule: &'static str,
-    /// What is wrong and what to change.
+    /// The problem and the change that fixes it.
     pub message: String,
 }
 
