@@ -12,6 +12,7 @@ pub mod definition;
 pub mod lint;
 pub mod record;
 pub mod runner;
+pub mod steps;
 
 pub use definition::{Compensation, SagaDefinition, Source, Step, origination};
 pub use record::{Phase, SagaRecord, SagaStatus, StepRecord, StepStatus, list_sagas, load_saga};

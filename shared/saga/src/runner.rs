@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, params};
 use thiserror::Error;
-use underwrite_events::origination::{KfsVoided, QuoteWithdrawn};
-use underwrite_events::{ApplicationId, Envelope, EventPayload, derive_event_id};
+use underwrite_events::Envelope;
 use underwrite_identity::IdentityError;
 use underwrite_runtime::sqlite::{enqueue_command, now_ms};
 use underwrite_runtime::{EmbeddedRuntime, RunOptions, StoreError};
@@ -25,10 +24,7 @@ use crate::definition::{SagaDefinition, Source, Step};
 use crate::record::{
     self, Phase, SagaRecord, SagaStatus, StepStatus, active_ids, corrupt, load, sql,
 };
-
-/// Position offset of compensation ids among a saga input's derived ids, so
-/// that they never collide with ids the services derive from the input.
-const COMPENSATION_ID_OFFSET: u32 = 1_000_000;
+use crate::steps::{SagaHistory, classify, command_for, compensation_for};
 
 /// Saga failures that stop the runner.
 #[derive(Debug, Error)]
@@ -265,7 +261,11 @@ impl<'a> SagaRunner<'a> {
                     return Ok(false);
                 };
                 let now = now_ms();
-                match classify(step, &answer) {
+                let failure = answer
+                    .failure
+                    .as_ref()
+                    .map(|(code, message)| (code.as_str(), message.as_str()));
+                match classify(step, failure, &answer.outputs) {
                     Ok(()) => {
                         set_step(
                             tx,
@@ -418,35 +418,15 @@ impl<'a> SagaRunner<'a> {
             step.service,
             step.command,
         )?;
-        let body = match step.source {
-            Source::Input => Some(record.input.clone()),
-            Source::Answer {
-                step: from,
-                event_type,
-            } => {
-                let answered = record
-                    .forward(from)
-                    .and_then(|s| s.answer.as_deref())
-                    .ok_or_else(|| {
-                        corrupt(&record.saga_id, format!("step {from} has no answer"))
-                    })?;
-                Some(find_event(answered, event_type).ok_or_else(|| {
-                    corrupt(
-                        &record.saga_id,
-                        format!("step {from} answered without {event_type}"),
-                    )
-                })?)
+        let signal = match step.source {
+            Source::Signal { event_type } => {
+                record::signal(tx, &record.saga_id, event_type)?.map(|body| (event_type, body))
             }
-            Source::CommandOf { step: from } => Some(
-                record
-                    .forward(from)
-                    .and_then(|s| s.command.clone())
-                    .ok_or_else(|| {
-                        corrupt(&record.saga_id, format!("step {from} sent no command"))
-                    })?,
-            ),
-            Source::Signal { event_type } => record::signal(tx, &record.saga_id, event_type)?,
+            _ => None,
         };
+        let history = RecordHistory { record, signal };
+        let body =
+            command_for(step, &history).map_err(|reason| corrupt(&record.saga_id, reason))?;
         if let Some(body) = body {
             let from_signal = matches!(step.source, Source::Signal { .. });
             self.send(tx, &token, step.service, &body, from_signal)?;
@@ -473,91 +453,22 @@ impl<'a> SagaRunner<'a> {
             compensation.service,
             compensation.command,
         )?;
-        let mut event = self.compensation_event(record, step)?;
+        let history = RecordHistory {
+            record,
+            signal: None,
+        };
+        let mut event = compensation_for(
+            self.definition,
+            step,
+            &history,
+            record.failed_step.as_deref().unwrap_or("a step"),
+            record.failure_code().unwrap_or("unknown"),
+        )
+        .map_err(|reason| corrupt(&record.saga_id, reason))?;
         self.runtime
             .sign_as(self.definition.name, std::slice::from_mut(&mut event))?;
         self.send(tx, &token, compensation.service, &event.to_json(), true)?;
         Ok(())
-    }
-
-    /// Builds the compensation of `step` from the saga's input and the
-    /// step's answer. Its id derives from the input's id and the step's
-    /// position, so a rebuilt compensation has the same id.
-    fn compensation_event(&self, record: &SagaRecord, step: &Step) -> Result<Envelope, SagaError> {
-        let input = parse(record, &record.input)?;
-        let failed_command = record
-            .failed_step
-            .as_deref()
-            .and_then(|name| record.forward(name))
-            .and_then(|s| s.command.as_deref())
-            .map(|body| parse(record, body))
-            .transpose()?;
-        let cause = failed_command.as_ref().unwrap_or(&input);
-        let reason = format!(
-            "{} failed: {}",
-            record.failed_step.as_deref().unwrap_or("a step"),
-            record.failure_code().unwrap_or("unknown")
-        );
-        let application_id = ApplicationId::parse(&input.subject)
-            .map_err(|error| corrupt(&record.saga_id, error.to_string()))?;
-        let compensation = step.compensation.expect("checked by the caller");
-        let (subject, payload) = match compensation.command {
-            "quote.withdrawn" => (
-                application_id.to_string(),
-                EventPayload::QuoteWithdrawn(QuoteWithdrawn {
-                    application_id,
-                    reason,
-                }),
-            ),
-            "kfs.voided" => {
-                let issued = record
-                    .forward(step.name)
-                    .and_then(|s| s.answer.as_deref())
-                    .and_then(|answer| find_event(answer, "kfs.issued"))
-                    .ok_or_else(|| corrupt(&record.saga_id, "the kfs step has no kfs.issued"))?;
-                let issued = parse(record, &issued)?;
-                let proposal_number = issued.payload["proposal_number"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                (
-                    proposal_number.clone(),
-                    EventPayload::KfsVoided(KfsVoided {
-                        application_id,
-                        proposal_number,
-                        reason,
-                    }),
-                )
-            }
-            // NOTE: the sanction and disbursal compensations take their
-            // payloads from the mechanism service's events once it sanctions
-            // and disburses; until then `SagaRunner::new` rejects a saga
-            // whose mechanism step is not wired, so this arm is not reached.
-            other => {
-                return Err(corrupt(
-                    &record.saga_id,
-                    format!("no payload is defined for compensation {other}"),
-                )
-                .into());
-            }
-        };
-        let position =
-            COMPENSATION_ID_OFFSET + self.definition.position(step.name).unwrap_or(0) as u32;
-        let millis = cause.occurred_at.timestamp_millis().max(0) as u64;
-        Ok(Envelope {
-            id: derive_event_id(&input.id, position, millis),
-            event_type: compensation.command.to_string(),
-            version: 1,
-            source: self.definition.name.to_string(),
-            subject,
-            occurred_at: cause.occurred_at,
-            business_date: cause.business_date,
-            correlation_id: input.correlation_id.clone(),
-            causation_id: Some(cause.id.clone()),
-            payload: payload.to_value(),
-            signature: None,
-            key_id: None,
-        })
     }
 
     /// Sends a command with its task token and marks its step sent. A
@@ -610,59 +521,6 @@ impl<'a> SagaRunner<'a> {
 /// Returns the task token of a step run: `<saga id>/<phase>/<step>`.
 pub fn task_token(saga_id: &str, phase: Phase, step: &str) -> String {
     format!("{saga_id}/{}/{step}", phase.as_str())
-}
-
-/// Decides whether an answer succeeds the step: a permanent failure, an
-/// answer with a decline type, or a success without any of the step's
-/// answer types fails it.
-fn classify(step: &Step, answer: &record::Answer) -> Result<(), (String, String)> {
-    if let Some((code, message)) = &answer.failure {
-        return Err((code.clone(), message.clone()));
-    }
-    let outputs: Vec<serde_json::Value> = serde_json::from_str(&answer.outputs).unwrap_or_default();
-    let type_of =
-        |event: &serde_json::Value| event["type"].as_str().unwrap_or_default().to_string();
-    if let Some(decline) = outputs
-        .iter()
-        .find(|e| step.declines.contains(&type_of(e).as_str()))
-    {
-        return Err((
-            type_of(decline),
-            format!(
-                "{} answered {} {}",
-                step.service,
-                type_of(decline),
-                decline["payload"]
-            ),
-        ));
-    }
-    let answered = step.success.is_empty()
-        || outputs
-            .iter()
-            .any(|e| step.success.contains(&type_of(e).as_str()));
-    if !answered {
-        return Err((
-            "missing_answer".into(),
-            format!(
-                "{} handled {} without emitting {}",
-                step.service,
-                step.command,
-                step.success.join(" or ")
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Finds the event of `event_type` in a JSON array of events and returns it
-/// as JSON text.
-fn find_event(outputs: &str, event_type: &str) -> Option<String> {
-    let events: Vec<serde_json::Value> = serde_json::from_str(outputs).ok()?;
-    events
-        .into_iter()
-        .find(|e| e["type"] == event_type)
-        .and_then(|e| serde_json::from_value::<Envelope>(e).ok())
-        .map(|e| e.to_json())
 }
 
 fn parse(record: &SagaRecord, body: &str) -> Result<Envelope, SagaError> {
@@ -782,4 +640,34 @@ pub async fn replay_saga(
         None => None,
     };
     Ok((counts, record))
+}
+
+/// A stored saga as the history its next command is built from.
+struct RecordHistory<'a> {
+    record: &'a SagaRecord,
+    signal: Option<(&'static str, String)>,
+}
+
+impl SagaHistory for RecordHistory<'_> {
+    fn input(&self) -> &str {
+        &self.record.input
+    }
+
+    fn reply(&self, step: &str) -> Option<&str> {
+        self.record
+            .forward(step)
+            .filter(|s| s.status == StepStatus::Succeeded)
+            .and_then(|s| s.answer.as_deref())
+    }
+
+    fn command(&self, step: &str) -> Option<&str> {
+        self.record.forward(step).and_then(|s| s.command.as_deref())
+    }
+
+    fn signal(&self, event_type: &str) -> Option<&str> {
+        self.signal
+            .as_ref()
+            .filter(|(kind, _)| *kind == event_type)
+            .map(|(_, body)| body.as_str())
+    }
 }
