@@ -1,7 +1,8 @@
 //! The SAM template in `infra/`: cfn-lint, then the rules cfn-lint does not
-//! check (queue visibility against function timeout, a dead-letter queue
-//! behind every function's queue, no wildcard resource in any policy, and the
-//! stores' protection settings).
+//! check. Those are queue visibility against function timeout, a
+//! dead-letter queue behind every function's queue, no wildcard resource in
+//! any policy, the stores' protection settings, and each state machine's
+//! definition file, substitutions and queue permissions.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -367,5 +368,104 @@ fn checks_catch_broken_templates() {
     assert!(
         stores.contains(&"DataBucket: BlockPublicPolicy is not true".to_string()),
         "{stores:?}"
+    );
+}
+
+/// Checks the state machines: each is a Standard workflow whose definition
+/// file exists, whose `DefinitionSubstitutions` fill exactly the file's
+/// `${...}` placeholders with queue references, and whose role may send to
+/// exactly those queues.
+fn state_machine_problems(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let queues = of_type(template, "AWS::SQS::Queue");
+    let machines = of_type(template, "AWS::Serverless::StateMachine");
+    if machines.is_empty() {
+        problems.push("no state machine".to_string());
+    }
+    for (name, machine) in machines {
+        let properties = &machine["Properties"];
+        if properties["Type"] != "STANDARD" {
+            problems.push(format!(
+                "{name}: not a STANDARD workflow, so executions may run twice"
+            ));
+        }
+        let uri = properties["DefinitionUri"].as_str().unwrap_or_default();
+        let Ok(definition) = std::fs::read_to_string(workspace_root().join("infra").join(uri))
+        else {
+            problems.push(format!("{name}: definition file infra/{uri} not found"));
+            continue;
+        };
+        let placeholders: std::collections::BTreeSet<&str> = definition
+            .split("${")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+            .collect();
+        let substitutions = properties["DefinitionSubstitutions"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let substituted: std::collections::BTreeSet<&str> =
+            substitutions.keys().map(String::as_str).collect();
+        if placeholders != substituted {
+            problems.push(format!(
+                "{name}: placeholders {placeholders:?} but substitutions {substituted:?}"
+            ));
+        }
+        let mut sent_to: Vec<&str> = substitutions
+            .values()
+            .filter_map(target)
+            .filter(|queue| queues.contains_key(queue))
+            .collect();
+        sent_to.sort_unstable();
+        let role = target(&properties["Role"]).unwrap_or_default();
+        let mut allowed: Vec<&str> = resources(template)[role]["Properties"]["Policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|policy| as_list(&policy["PolicyDocument"]["Statement"]))
+            .filter(|statement| statement["Action"] == "sqs:SendMessage")
+            .flat_map(|statement| as_list(&statement["Resource"]))
+            .filter_map(target)
+            .collect();
+        allowed.sort_unstable();
+        if sent_to != allowed {
+            problems.push(format!(
+                "{name}: sends to {sent_to:?} but its role {role} allows sqs:SendMessage on {allowed:?}"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn state_machine_matches_its_queues() {
+    assert_eq!(state_machine_problems(&template()), Vec::<String>::new());
+
+    let mut template = template();
+    let resources = template["Resources"].as_object_mut().unwrap();
+    let machine = &mut resources["OriginationStateMachine"]["Properties"];
+    machine["Type"] = json!("EXPRESS");
+    machine["DefinitionSubstitutions"]
+        .as_object_mut()
+        .unwrap()
+        .remove("KfsQueueUrl");
+    let problems = state_machine_problems(&template);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("not a STANDARD workflow")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("placeholders") && p.contains("KfsQueueUrl")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("its role OriginationStateMachineRole allows")),
+        "{problems:?}"
     );
 }

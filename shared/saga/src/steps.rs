@@ -1,6 +1,6 @@
-//! What every executor of a saga computes the same way: the command a step
-//! sends, whether a service's reply succeeds the step, and the compensation
-//! event of a step. The embedded runner and a Step Functions worker both
+//! Step logic shared by every executor of a saga: the command a step sends,
+//! whether a service's reply succeeds the step, and a step's compensation
+//! event. The embedded runner and a Step Functions worker both
 //! call these, so that both executors send the same commands.
 
 use underwrite_events::origination::{KfsVoided, QuoteWithdrawn};
@@ -108,9 +108,10 @@ pub fn find_event(outputs: &str, event_type: &str) -> Option<String> {
 }
 
 /// Builds the compensation of `step` after `failed_step` failed with
-/// `failure_code`, from the saga's input and the step's reply. Its id
-/// derives from the input's id and the step's position, so a rebuilt
-/// compensation has the same id; its time and business date are those of
+/// `failure_code`, from the saga's input and the step's reply.
+///
+/// Its id derives from the input's id and the step's position, so a rebuilt
+/// compensation has the same id. Its time and business date are those of
 /// the failed step's command, or of the input when that command is unknown.
 pub fn compensation_for(
     definition: &SagaDefinition,
