@@ -414,3 +414,52 @@ async fn wrong_input_type_is_rejected() {
         "{unknown}"
     );
 }
+
+#[tokio::test]
+async fn dead_lettered_command_resumes_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = open_runtime(&dir.path().join("underwrite.db"));
+    let definition = scorecard_origination();
+    let runner = SagaRunner::new(&runtime, &definition).unwrap();
+    // No consent yet: the check is retried, then dead-lettered with its
+    // task token, and the saga waits.
+    runner
+        .start(&input(&application("APP1", "B1", "2024-06-07")))
+        .unwrap();
+    runner.run_until_settled(&mut |_| {}).await.unwrap();
+    let dead = runtime.store().dead_letters(Some("consent")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error_code, "consent_missing");
+    assert_eq!(dead[0].task_token.as_deref(), Some("APP1/forward/consent"));
+    let waiting = load_saga(runtime.store(), "APP1").unwrap().unwrap();
+    assert_eq!(waiting.status, SagaStatus::Started);
+    assert_eq!(waiting.forward("consent").unwrap().status, StepStatus::Sent);
+
+    // The grant arrives; replaying the dead letter answers the saga.
+    runtime
+        .publish(&[input(&consent_granted(
+            "C1",
+            "B1",
+            "2024-06-01",
+            "2025-05-31",
+        ))])
+        .unwrap();
+    assert_eq!(
+        runtime
+            .store()
+            .replay_dead_letters(Some("consent"), None)
+            .unwrap(),
+        1
+    );
+    runner.run_until_settled(&mut |_| {}).await.unwrap();
+    let resumed = load_saga(runtime.store(), "APP1").unwrap().unwrap();
+    assert_eq!(
+        resumed.forward("consent").unwrap().status,
+        StepStatus::Succeeded
+    );
+    assert_eq!(
+        resumed.forward("pricing").unwrap().status,
+        StepStatus::Waiting
+    );
+    assert_eq!(runtime.store().dead_letter_count().unwrap(), 0);
+}
