@@ -80,7 +80,7 @@ fn first_compensation(steps: &[Step], position: usize) -> String {
 }
 
 fn message_body(definition: &SagaDefinition, step: &Step, command: &str, phase: &str) -> Value {
-    json!({
+    let mut body = json!({
         "saga": definition.name,
         "saga_id.$": "$$.Execution.Name",
         "step": step.name,
@@ -89,7 +89,13 @@ fn message_body(definition: &SagaDefinition, step: &Step, command: &str, phase: 
         "input.$": "$.input",
         "steps.$": "$.steps",
         "task_token.$": "$$.Task.Token",
-    })
+    });
+    if phase == "compensation" {
+        // The failure caught into $.error names the failed step and code,
+        // which the compensation's reason states.
+        body["error.$"] = json!("$.error");
+    }
+    body
 }
 
 fn retry(max_attempts: u32, errors: &[&str]) -> Value {

@@ -13,6 +13,7 @@ pub mod lint;
 pub mod record;
 pub mod runner;
 pub mod steps;
+pub mod worker;
 
 pub use definition::{Compensation, SagaDefinition, Source, Step, origination};
 pub use record::{Phase, SagaRecord, SagaStatus, StepRecord, StepStatus, list_sagas, load_saga};
