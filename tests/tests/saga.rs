@@ -17,7 +17,7 @@ use underwrite_pricing::{Pricing, Withdrawal, withdrawn_key};
 use underwrite_runtime::{EmbeddedRuntime, Service, SqliteStore, Store};
 use underwrite_saga::{
     Phase, SagaDefinition, SagaError, SagaRunner, SagaStatus, Source, StepStatus, load_saga,
-    origination, replay_saga,
+    origination, replay_saga, summarise,
 };
 use underwrite_tests::fast_settings;
 use underwrite_tests::origination::{
@@ -239,6 +239,19 @@ async fn consent_withdrawn_mid_saga_rolls_back() {
     assert_eq!(withdrawal.reason, "acceptance failed: consent_withdrawn");
     // The failure was the saga's answer, not a dead letter.
     assert_eq!(runtime.store().dead_letter_count().unwrap(), 0);
+
+    let summary = summarise(runtime.store()).unwrap();
+    assert_eq!(summary.applications, 1);
+    assert_eq!(summary.completed, 0);
+    assert_eq!(
+        summary
+            .declined
+            .get(&("acceptance".into(), "consent_withdrawn".into())),
+        Some(&1)
+    );
+    assert_eq!(summary.succeeded("kfs"), 1);
+    assert_eq!(summary.compensated.get("kfs"), Some(&1));
+    assert_eq!(summary.compensated.get("pricing"), Some(&1));
 }
 
 #[tokio::test]

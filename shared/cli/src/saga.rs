@@ -20,7 +20,9 @@ pub enum SagaCommand {
         #[arg(long)]
         status: Option<String>,
     },
-    /// Show one saga's steps and compensations with their commands and answers.
+    /// Sum up the sagas: applications, approvals, declines by step and reason, KFS issued, loans disbursed.
+    Summary,
+    /// Show one saga's steps and compensations with their commands and replies.
     Show {
         /// The saga's id: the application id for origination.
         saga_id: String,
@@ -50,6 +52,7 @@ pub enum SagaCommand {
 pub async fn saga(config: &Config, command: SagaCommand) -> anyhow::Result<ExitCode> {
     match command {
         SagaCommand::List { status } => list(config, status.as_deref()),
+        SagaCommand::Summary => summary(config),
         SagaCommand::Show { saga_id } => show(config, &saga_id),
         SagaCommand::Replay { saga_id } => replay(config, saga_id.as_deref()).await,
         SagaCommand::Asl { out, check } => write_asl(&out, check),
@@ -107,6 +110,14 @@ pub fn format_counts(counts: &StatusCounts) -> String {
         .map(|(status, count)| format!("{count} {status}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn summary(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = crate::commands::open_store(config)?;
+    let summary = underwrite_saga::summarise(&store)?;
+    println!("Origination sagas in {}:", config.store_path.display());
+    print!("{}", underwrite_saga::summary::render(&summary));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn show(config: &Config, saga_id: &str) -> anyhow::Result<ExitCode> {

@@ -127,6 +127,18 @@ async fn list_and_show_sagas() {
         "{shown_text}"
     );
 
+    let summary = text(&underwrite(
+        dir.path(),
+        &["--db", db_arg, "saga", "summary"],
+    ));
+    for expected in [
+        "applications                                   2",
+        "  at consent: consent_withdrawn                1",
+        "  waiting for the borrower or a signal         1",
+    ] {
+        assert!(summary.contains(expected), "{expected}\n{summary}");
+    }
+
     let waiting = text(&underwrite(
         dir.path(),
         &["--db", db_arg, "saga", "show", "APP2"],

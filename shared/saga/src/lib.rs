@@ -13,8 +13,10 @@ pub mod lint;
 pub mod record;
 pub mod runner;
 pub mod steps;
+pub mod summary;
 pub mod worker;
 
 pub use definition::{Compensation, SagaDefinition, Source, Step, origination};
 pub use record::{Phase, SagaRecord, SagaStatus, StepRecord, StepStatus, list_sagas, load_saga};
 pub use runner::{SagaError, SagaRunner, StatusCounts, replay_saga, status_counts};
+pub use summary::{SagaSummary, summarise};

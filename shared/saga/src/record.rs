@@ -367,6 +367,7 @@ pub(crate) fn signal(
         .map_err(unavailable)
 }
 
+/// Converts a SQLite error into the store's unavailable error.
 pub(crate) fn sql(error: rusqlite::Error) -> StoreError {
     unavailable(error)
 }
