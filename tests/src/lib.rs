@@ -1,6 +1,7 @@
 //! Test harness: the embedded runtime with the servicing services over a
 //! fresh SQLite file, and builders for input events.
 
+pub mod contract;
 pub mod origination;
 pub mod python;
 

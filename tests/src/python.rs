@@ -1,9 +1,11 @@
-//! Python tools the tests run (cfn-lint), installed by the tests themselves
-//! into a virtual environment under the cargo target folder.
+//! Python tools the tests run (cfn-lint, the moto emulator), installed by
+//! the tests themselves into virtual environments under the cargo target
+//! folder, from PyPI.
 //!
-//! The tools and their versions are pinned in `infra/requirements.txt`. The
-//! environment's folder name carries a hash of that file, so a changed pin
-//! gets a fresh environment and an unchanged one is reused across runs.
+//! Each requirements file pins one environment's tools: `infra/requirements.txt`
+//! (cfn-lint) and `tests/requirements-moto.txt` (moto). An environment's
+//! folder name carries a hash of its file, so a changed pin gets a fresh
+//! environment and an unchanged one is reused across runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,7 +59,7 @@ fn is_stale(lock: &Path) -> bool {
 /// Creates the environment at `venv` and marks it complete. A lock file made
 /// with `create_new` keeps two test binaries from installing at once; the
 /// second waits for the first one's marker.
-fn install(requirements: &Path, venv: &Path) {
+fn install(requirements: &Path, venv: &Path, label: &str) {
     let marker = venv.join(".complete");
     let lock = venv.with_extension("lock");
     loop {
@@ -86,23 +88,37 @@ fn install(requirements: &Path, venv: &Path) {
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(requirements),
-        "`pip install -r infra/requirements.txt` (PyPI must be reachable on the first run)",
+        &format!("`pip install -r {label}` (PyPI must be reachable on the first run)"),
     );
     std::fs::write(&marker, b"").expect("failed to mark the tools environment complete");
     let _ = std::fs::remove_file(&lock);
 }
 
-/// Returns the `bin` folder of the tools' environment, installing it first
-/// if this version of `infra/requirements.txt` has none yet.
+/// Returns the `bin` folder of the environment pinned by `requirements`
+/// (a path relative to the workspace root), installing it first if this
+/// version of the file has none yet.
+pub fn venv_bin(requirements: &str) -> PathBuf {
+    let path = workspace_root().join(requirements);
+    let text = std::fs::read(&path)
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
+    let digest = hex::encode(&Sha256::digest(&text)[..6]);
+    let stem = Path::new(requirements)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("requirements");
+    let name = if stem == "requirements" {
+        format!("python-tools-{digest}")
+    } else {
+        format!("python-{stem}-{digest}")
+    };
+    let venv = target_dir().join(name);
+    install(&path, &venv, requirements);
+    venv.join("bin")
+}
+
+/// Returns the `bin` folder of the tools' environment (`infra/requirements.txt`),
+/// installing it first if this version of the file has none yet.
 pub fn tools_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let requirements = workspace_root().join("infra/requirements.txt");
-        let text = std::fs::read(&requirements)
-            .unwrap_or_else(|error| panic!("failed to read {}: {error}", requirements.display()));
-        let digest = hex::encode(&Sha256::digest(&text)[..6]);
-        let venv = target_dir().join(format!("python-tools-{digest}"));
-        install(&requirements, &venv);
-        venv.join("bin")
-    })
+    BIN.get_or_init(|| venv_bin("infra/requirements.txt"))
 }

@@ -210,7 +210,7 @@ fn init_writes_a_loadable_default() {
     );
     let output = underwrite(dir.path(), &["migrate"]);
     assert!(
-        text(&output).contains("schema version 4"),
+        text(&output).contains("schema version 5"),
         "{}",
         text(&output)
     );

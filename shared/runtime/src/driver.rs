@@ -538,7 +538,12 @@ impl EmbeddedRuntime {
         totals: &mut Progress,
     ) -> Result<(), StoreError> {
         let queue = service.name();
-        let event = match Envelope::from_slice(message.body.as_bytes()) {
+        let event = match Envelope::from_slice(message.body.as_bytes()).or_else(|error| {
+            // A claim-check reference published through the ports names its body.
+            self.store
+                .claimed_body(&message.body)
+                .map_or(Err(error), |body| Envelope::from_slice(body.as_bytes()))
+        }) {
             Ok(event) => event,
             Err(error) => {
                 warn!(service = queue, message_id = %message.message_id, error_code = "invalid_event", %error, "Rejected an invalid event to the dead-letter queue.");

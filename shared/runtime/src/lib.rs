@@ -14,11 +14,14 @@ pub mod driver;
 #[cfg(test)]
 mod driver_store_breaker;
 pub mod metrics;
+pub mod ports;
 pub mod queue;
+pub mod record;
 pub mod resilience;
 pub mod service;
 pub mod sqlite;
 pub mod sqlite_ops;
+pub mod sqlite_ports;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -32,4 +35,5 @@ pub use resilience::{
 pub use service::{Context, HandlerError, Outcome, Service};
 pub use sqlite::SqliteStore;
 pub use sqlite_ops::RunSnapshot;
+pub use sqlite_ports::SqliteBus;
 pub use store::{Expected, StateWrite, Store, StoreError, Versioned};

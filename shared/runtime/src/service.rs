@@ -89,6 +89,9 @@ impl From<StoreError> for HandlerError {
             StoreError::Corrupt { .. } => {
                 HandlerError::permanent("store_corrupt", error.to_string())
             }
+            StoreError::Rejected { .. } => {
+                HandlerError::permanent("store_rejected", error.to_string())
+            }
         }
     }
 }

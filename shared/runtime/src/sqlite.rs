@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sagas",
         include_str!("../../../migrations/0004_sagas.sql"),
     ),
+    (
+        5,
+        "ports",
+        include_str!("../../../migrations/0005_ports.sql"),
+    ),
 ];
 
 /// Milliseconds since the Unix epoch.
@@ -692,7 +697,7 @@ fn insert_answer(
     Ok(())
 }
 
-fn apply_write(tx: &Connection, write: &StateWrite, now: i64) -> Result<(), StoreError> {
+pub(crate) fn apply_write(tx: &Connection, write: &StateWrite, now: i64) -> Result<(), StoreError> {
     let found: Option<u64> = tx
         .prepare_cached("SELECT version FROM kv WHERE key = ?1")
         .map_err(unavailable)?

@@ -117,6 +117,16 @@ pub enum StoreError {
     /// The store could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store cannot take this write or read as asked: a value above
+    /// the backend's item size, or a scan prefix it cannot serve. Retrying
+    /// fails the same way.
+    #[error("store rejected key {key:?}: {reason}")]
+    Rejected {
+        /// The key or prefix.
+        key: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// A stored value is not valid JSON or not of the type its reader
     /// expects: the store was changed outside underwrite.
     #[error("corrupt value at key {key:?}: {reason}")]

@@ -199,11 +199,11 @@ async fn migrations_apply_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4, 5]);
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.migrate().unwrap(), Vec::<i64>::new());
-    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4]);
+    assert_eq!(store.applied_migrations().unwrap(), [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]
