@@ -32,7 +32,7 @@ pub enum SagaError {
     /// A step's service is not registered, or does not handle the step's
     /// command.
     #[error(
-        "saga {saga} cannot run: {missing}; register the services or run a definition without those steps"
+        "saga {saga} cannot run: {missing}; every step needs a registered service that handles its command"
     )]
     NotWired {
         /// The saga's name.
