@@ -20,6 +20,9 @@ const PIPELINE: [&str; 3] = ["mechanism", "npa", "audit"];
 /// Arguments of `underwrite bench`.
 #[derive(Args)]
 pub struct BenchArgs {
+    /// What to measure instead of the embedded services and day-end.
+    #[command(subcommand)]
+    pub target: Option<BenchTarget>,
     /// Input events pushed through the services (the first N of the German credit example).
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,
@@ -32,6 +35,13 @@ pub struct BenchArgs {
     /// The applicants CSV.
     #[arg(long, default_value = "examples/german_credit/german_credit.csv")]
     pub csv: std::path::PathBuf,
+}
+
+/// Benchmarks other than the default one.
+#[derive(clap::Subcommand)]
+pub enum BenchTarget {
+    /// Each Lambda function's deployment zip size, and the time from process start to the first SQS batch answered under a local runtime API.
+    Lambda(crate::bench_lambda::LambdaBenchArgs),
 }
 
 /// Enqueues then dequeues each body with one committed transaction each, with
@@ -59,6 +69,9 @@ fn raw_sqlite(path: &Path, bodies: &[String]) -> anyhow::Result<f64> {
 }
 
 pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchTarget::Lambda(lambda)) = args.target {
+        return crate::bench_lambda::bench_lambda(lambda).await;
+    }
     let csv = std::fs::read_to_string(&args.csv)
         .with_context(|| format!("Failed to read {}", args.csv.display()))?;
     let conversion = convert(&csv, &ConversionOptions::default())?;

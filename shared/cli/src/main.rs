@@ -3,6 +3,7 @@
 //! ledger.
 
 mod bench;
+mod bench_lambda;
 mod commands;
 mod config;
 mod dayend;
