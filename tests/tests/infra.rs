@@ -280,12 +280,76 @@ fn template_passes_cfn_lint() {
 fn every_queue_has_dlq_and_timeout() {
     let template = template();
     assert_eq!(queue_problems(&template), Vec::<String>::new());
-    let functions = of_type(&template, "AWS::Serverless::Function");
-    let fed_by_queues = functions
+}
+
+/// Lists the service crates under `functions/`: each is one Lambda function.
+fn service_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace_root().join("functions"))
+        .expect("functions/ exists")
+        .map(|entry| entry.expect("functions/ is readable").file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Returns the `[[bin]]` names declared by the workspace's packages.
+fn workspace_binaries() -> Vec<String> {
+    let root = workspace_root();
+    let mut manifests = vec![
+        root.join("jobs/Cargo.toml"),
+        root.join("shared/cli/Cargo.toml"),
+    ];
+    manifests.extend(
+        service_names()
+            .iter()
+            .map(|name| root.join("functions").join(name).join("Cargo.toml")),
+    );
+    let mut names = Vec::new();
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest).expect("manifest is readable");
+        let mut in_bin = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_bin = line == "[[bin]]";
+            } else if in_bin && let Some(value) = line.strip_prefix("name = ") {
+                names.push(value.trim_matches('"').to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_service_has_queue_fed_function() {
+    let template = template();
+    let mut fed_by_queues: Vec<String> = of_type(&template, "AWS::Serverless::Function")
         .values()
         .filter(|f| f["Properties"]["Events"].to_string().contains("\"SQS\""))
-        .count();
-    assert_eq!(fed_by_queues, 3, "mechanism, npa and audit read queues");
+        .map(|f| {
+            f["Metadata"]["BuildProperties"]["Binary"]
+                .as_str()
+                .expect("each function names its binary")
+                .to_string()
+        })
+        .collect();
+    fed_by_queues.sort();
+    assert_eq!(fed_by_queues, service_names());
+}
+
+#[test]
+fn every_function_binary_exists() {
+    let template = template();
+    let binaries = workspace_binaries();
+    for (name, function) in of_type(&template, "AWS::Serverless::Function") {
+        let binary = function["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} names no binary"));
+        assert!(
+            binaries.iter().any(|b| b == binary),
+            "{name}: no [[bin]] named {binary:?} in {binaries:?}"
+        );
+    }
 }
 
 #[test]

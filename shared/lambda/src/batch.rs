@@ -7,6 +7,7 @@
 //! source"). So each record is parsed and processed on its own, and only
 //! the ids of records that a retry can help are returned.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,13 +19,15 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use tracing::{Instrument, error, info_span, warn};
 
-/// One SQS record as the processor sees it.
+/// One SQS record, as passed to the processor.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     /// The SQS message id, reported back when the record is to be retried.
     pub message_id: &'a str,
     /// The message body: an event envelope as JSON text, or a claim check.
     pub body: &'a str,
+    /// The message attributes that carry a string value.
+    pub attributes: &'a BTreeMap<String, String>,
     /// `ApproximateReceiveCount`: 1 on the first delivery.
     pub receive_count: u32,
     /// The receipt handle, for changing the message's visibility timeout.
@@ -33,7 +36,7 @@ pub struct Record<'a> {
     pub queue_arn: Option<&'a str>,
 }
 
-/// What became of one record.
+/// The outcome of one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     /// Handled and committed, or a duplicate of a completed record.
@@ -116,7 +119,7 @@ pub struct BatchSummary {
     pub unstarted: u32,
 }
 
-/// A batch that cannot be answered record by record.
+/// A batch whose records cannot be reported one by one.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// The payload is not an SQS event, so no record id can be reported.
@@ -241,9 +244,15 @@ async fn process_one(processor: &dyn RecordProcessor, message: &SqsMessage) -> D
     // SQS rejects an empty body, so a missing one only comes from another
     // source; the processor rejects it as an invalid event.
     let body = message.body.as_deref().unwrap_or("");
+    let attributes: BTreeMap<String, String> = message
+        .message_attributes
+        .iter()
+        .filter_map(|(name, value)| Some((name.clone(), value.string_value.clone()?)))
+        .collect();
     let record = Record {
         message_id,
         body,
+        attributes: &attributes,
         receive_count,
         receipt_handle: message.receipt_handle.as_deref(),
         queue_arn: message.event_source_arn.as_deref(),

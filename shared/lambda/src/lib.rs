@@ -1,6 +1,6 @@
 //! The Lambda driver. A function's `main` builds its configuration and
 //! clients once per cold start, then hands a [`RecordProcessor`] to [`run`],
-//! which answers each SQS batch from Lambda's runtime API with the ids of
+//! which returns, for each SQS batch from Lambda's runtime API, the ids of
 //! the records to retry (`ReportBatchItemFailures`).
 //!
 //! The driver applies the embedded driver's rules: each record is parsed and
@@ -12,6 +12,9 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod function;
+pub mod routes;
+pub mod start;
 
 use std::sync::Arc;
 
@@ -22,6 +25,9 @@ use underwrite_telemetry::emf::{self, Metric, Unit};
 pub use batch::{
     BatchError, BatchSettings, BatchSummary, Disposition, Record, RecordProcessor, handle_batch,
 };
+pub use function::Function;
+pub use lambda_runtime::Error;
+pub use start::serve;
 
 /// CloudWatch namespace of the metrics each batch reports.
 pub const METRICS_NAMESPACE: &str = "underwrite";

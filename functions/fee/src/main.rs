@@ -1,0 +1,30 @@
+//! The fee service as a Lambda function fed by its SQS queue.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use underwrite_domain::ProductCatalog;
+use underwrite_domain::pricing::PricingPolicy;
+use underwrite_fee::{Fee, FeeSettings};
+
+/// The keys of `underwrite.json` this service reads.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Settings {
+    pricing: PricingPolicy,
+    fees: FeeSettings,
+    products: ProductCatalog,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), underwrite_lambda::Error> {
+    underwrite_lambda::serve(|| {
+        let settings: Settings = underwrite_lambda::start::settings()?;
+        Ok(Arc::new(Fee::new(
+            settings.pricing.penal,
+            settings.fees,
+            settings.products,
+        )))
+    })
+    .await
+}

@@ -1,0 +1,22 @@
+//! The kfs service as a Lambda function fed by its SQS queue.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use underwrite_kfs::{KfsService, KfsSettings};
+
+/// The keys of `underwrite.json` this service reads.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Settings {
+    kfs: KfsSettings,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), underwrite_lambda::Error> {
+    underwrite_lambda::serve(|| {
+        let settings: Settings = underwrite_lambda::start::settings()?;
+        Ok(Arc::new(KfsService::new(settings.kfs)))
+    })
+    .await
+}

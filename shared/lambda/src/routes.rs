@@ -1,0 +1,45 @@
+//! Which service's queue receives which event types. A function runs one
+//! service, but publishes its outputs to the queues of every subscriber, so
+//! each function carries the whole table.
+
+use underwrite_runtime::ports::Routes;
+
+/// Each service and the event types it subscribes to (`*` for every type),
+/// in routing order. A test checks this table against each service's
+/// `subscriptions()`.
+pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
+    (
+        "consent",
+        &["consent.granted", "consent.withdrawn", "day.closed"],
+    ),
+    ("pricing", &["application.received", "risk.scored"]),
+    ("kfs", &["pricing.quoted"]),
+    (
+        "mechanism",
+        &["loan.disbursed", "repayment.received", "repayment.reversed"],
+    ),
+    (
+        "fee",
+        &[
+            "loan.disbursed",
+            "repayment.received",
+            "repayment.reversed",
+            "day.closed",
+        ],
+    ),
+    (
+        "npa",
+        &[
+            "loan.disbursed",
+            "repayment.received",
+            "repayment.reversed",
+            "day.closed",
+        ],
+    ),
+    ("audit", &["*"]),
+];
+
+/// Returns the routing table of every service.
+pub fn routes() -> Routes {
+    Routes::from_pairs(SUBSCRIPTIONS.iter().copied())
+}
