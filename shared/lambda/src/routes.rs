@@ -13,7 +13,7 @@ pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
         &["consent.granted", "consent.withdrawn", "day.closed"],
     ),
     ("pricing", &["application.received", "risk.scored"]),
-    ("kfs", &["pricing.quoted"]),
+    ("kfs", &["pricing.quoted", "kfs.accepted"]),
     (
         "mechanism",
         &["loan.disbursed", "repayment.received", "repayment.reversed"],
