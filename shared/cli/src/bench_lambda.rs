@@ -36,9 +36,9 @@ pub struct LambdaBenchArgs {
     /// Folder written by `cargo lambda build --release --output-format zip`: one `<function>/bootstrap.zip` each.
     #[arg(long, default_value = "target/lambda")]
     pub zips: PathBuf,
-    /// Release binary of the function whose cold start is timed, as `cargo lambda build --release` writes it (`target/lambda/<function>/bootstrap`).
+    /// Release binary of the function whose cold start is timed; by default the one `cargo lambda build --release` left beside the zips, `<zips>/../x86_64-unknown-linux-gnu/release/<service>`.
     #[arg(long)]
-    pub binary: PathBuf,
+    pub binary: Option<PathBuf>,
     /// Name of the timed function's service, as in `UNDERWRITE_SERVICE`.
     #[arg(long, default_value = "mechanism")]
     pub service: String,
@@ -363,12 +363,23 @@ pub async fn bench_lambda(args: LambdaBenchArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     let body = std::fs::read_to_string("shared/events/fixtures/loan.disbursed.json")
         .context("Failed to read shared/events/fixtures/loan.disbursed.json; run the bench from the repository root")?;
+    let binary = args.binary.clone().unwrap_or_else(|| {
+        args.zips
+            .join("../x86_64-unknown-linux-gnu/release")
+            .join(&args.service)
+    });
+    if !binary.is_file() {
+        bail!(
+            "no function binary at {}; build it with `cargo lambda build --release --output-format zip` or name it with --binary",
+            binary.display()
+        );
+    }
     let function_name = format!("underwrite-bench-{}", args.service);
     let mut times = Vec::with_capacity(args.runs);
     eprintln!(
         "bench: timing {} cold starts of {}...",
         args.runs,
-        args.binary.display()
+        binary.display()
     );
     for run in 0..args.runs {
         // Each run gets its own store, so no run finds the event done.
@@ -389,7 +400,7 @@ pub async fn bench_lambda(args: LambdaBenchArgs) -> anyhow::Result<ExitCode> {
             &body,
         );
         let (elapsed, answer) =
-            time_first_batch(&args.binary, &event, &environment, &function_name).await?;
+            time_first_batch(&binary, &event, &environment, &function_name).await?;
         if answer.kind != "response" {
             bail!(
                 "run {run}: the function posted an {} instead of a batch response: {}",
