@@ -1,9 +1,10 @@
-//! Python tools the tests run (cfn-lint, the moto emulator), installed by
+//! Python tools the tests run (cfn-lint, the moto emulator, cargo-lambda), installed by
 //! the tests themselves into virtual environments under the cargo target
 //! folder, from PyPI.
 //!
 //! Each requirements file pins one environment's tools: `infra/requirements.txt`
-//! (cfn-lint) and `tests/requirements-moto.txt` (moto). An environment's
+//! (cfn-lint), `tests/requirements-moto.txt` (moto) and
+//! `infra/requirements-lambda.txt` (cargo-lambda and zig). An environment's
 //! folder name carries a hash of its file, so a changed pin gets a fresh
 //! environment and an unchanged one is reused across runs.
 
@@ -121,4 +122,12 @@ pub fn venv_bin(requirements: &str) -> PathBuf {
 pub fn tools_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| venv_bin("infra/requirements.txt"))
+}
+
+/// Returns the `bin` folder of the Lambda tools' environment
+/// (`infra/requirements-lambda.txt`: cargo-lambda and zig), installing it
+/// first if this version of the file has none yet.
+pub fn lambda_tools_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| venv_bin("infra/requirements-lambda.txt"))
 }

@@ -293,21 +293,23 @@ fn service_names() -> Vec<String> {
     names
 }
 
-/// Returns the `[[bin]]` names declared by the workspace's packages.
+/// Returns the `[[bin]]` names declared by the workspace's members, read
+/// from the `members` list of the root manifest.
 fn workspace_binaries() -> Vec<String> {
     let root = workspace_root();
-    let mut manifests = vec![
-        root.join("jobs/Cargo.toml"),
-        root.join("shared/cli/Cargo.toml"),
-    ];
-    manifests.extend(
-        service_names()
-            .iter()
-            .map(|name| root.join("functions").join(name).join("Cargo.toml")),
-    );
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("root manifest");
+    let members = manifest
+        .split("members = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("the root manifest lists its members");
     let mut names = Vec::new();
-    for manifest in manifests {
-        let text = std::fs::read_to_string(&manifest).expect("manifest is readable");
+    for member in members.split(',').map(|m| m.trim().trim_matches('"')) {
+        if member.is_empty() {
+            continue;
+        }
+        let text = std::fs::read_to_string(root.join(member).join("Cargo.toml"))
+            .expect("member manifest is readable");
         let mut in_bin = false;
         for line in text.lines().map(str::trim) {
             if line.starts_with('[') {
