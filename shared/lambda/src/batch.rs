@@ -150,8 +150,7 @@ pub async fn handle_batch(
             ));
         }
     };
-    // Context::default() carries a deadline of 0, meaning none is known.
-    let deadline = (context.deadline > 0).then(|| context.deadline());
+    let deadline = invocation_deadline(context.deadline);
     let span = info_span!("batch", request_id = %context.request_id, records = records.len());
     async {
         let mut response = SqsBatchResponse::default();
@@ -174,6 +173,7 @@ pub async fn handle_batch(
                 warn!(
                     unstarted = rest.len(),
                     margin_ms = settings.deadline_margin.as_millis() as u64,
+                    deadline_ms = context.deadline,
                     "Stopped before the invocation deadline; the unstarted records return to the queue."
                 );
                 break;
@@ -222,6 +222,26 @@ fn record_id(raw: &Value) -> Option<&str> {
 
 fn parse_message(raw: &Value) -> Result<SqsMessage, String> {
     SqsMessage::deserialize(raw).map_err(|error| error.to_string())
+}
+
+/// Lambda sends the deadline as Unix milliseconds. `Context::default()`
+/// carries 0, and cargo-lambda 1.9.2's emulator sends the function timeout
+/// itself (600000, seen under `cargo lambda watch`). A value more than a day
+/// in the past is therefore not a deadline, and the batch runs unbounded.
+fn invocation_deadline(deadline_ms: u64) -> Option<SystemTime> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    let earliest = SystemTime::now().checked_sub(DAY).unwrap_or(UNIX_EPOCH);
+    if deadline < earliest {
+        if deadline_ms > 0 {
+            warn!(
+                deadline_ms,
+                "The invocation's deadline is not a Unix time in milliseconds; records are started without a deadline."
+            );
+        }
+        return None;
+    }
+    Some(deadline)
 }
 
 /// Checks whether less than `margin` remains before `deadline`.
@@ -298,6 +318,22 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadline_needs_unix_time() {
+        assert_eq!(invocation_deadline(0), None);
+        assert_eq!(invocation_deadline(600_000), None, "a timeout, not a time");
+        let soon = now_ms() as u64 + 5_000;
+        assert_eq!(
+            invocation_deadline(soon),
+            Some(UNIX_EPOCH + Duration::from_millis(soon))
+        );
+        let passed = now_ms() as u64 - 5_000;
+        assert!(
+            invocation_deadline(passed).is_some(),
+            "a deadline just passed still stops the batch"
+        );
+    }
 
     #[test]
     fn margin_parses_and_rejects() {
