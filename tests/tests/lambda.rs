@@ -16,7 +16,7 @@ use underwrite_runtime::record::RecordSettings;
 use underwrite_runtime::{Service, SqliteBus, SqliteStore, Store, SystemClock};
 use underwrite_tests::{disbursal, repayment};
 
-/// Each service with its default settings, in routing order.
+/// Builds each service with its default settings, in routing order.
 fn services() -> Vec<Arc<dyn Service>> {
     vec![
         Arc::new(underwrite_consent::Consent),
@@ -84,7 +84,7 @@ fn body(line: &str) -> String {
     parse_input_line(line).unwrap().to_json()
 }
 
-/// One SQS record as Lambda delivers it.
+/// Builds one SQS record as Lambda delivers it.
 fn record(message_id: &str, body: &str, receive_count: u32) -> Value {
     json!({
         "messageId": message_id,

@@ -1,5 +1,5 @@
 //! `underwrite bench lambda`: each function's deployment zip size, and the
-//! time from process start to the first SQS batch answered under a local
+//! time from process start to the response to the first SQS batch under a local
 //! Lambda runtime API served on 127.0.0.1.
 //!
 //! The runtime API is the one Lambda documents for custom runtimes
@@ -26,8 +26,8 @@ use tokio::sync::oneshot;
 /// Largest deployment zip the functions aim for, in bytes (8 MB).
 pub const ZIP_TARGET_BYTES: u64 = 8_000_000;
 
-/// Longest time from process start to the first batch answered that the
-/// functions aim for.
+/// Maximum time from process start to the response to the first batch
+/// that the functions aim for.
 pub const COLD_START_TARGET: Duration = Duration::from_millis(50);
 
 /// Arguments of `underwrite bench lambda`.
@@ -47,7 +47,7 @@ pub struct LambdaBenchArgs {
     pub runs: usize,
 }
 
-/// What the function posted back for its invocation.
+/// The function's post for its invocation: a response or an error.
 #[derive(Debug)]
 pub struct Answer {
     /// When the post arrived.
@@ -192,12 +192,15 @@ impl LocalRuntimeApi {
         })
     }
 
-    /// Waits up to `timeout` for the function's answer.
+    /// Waits up to `timeout` for the function's response or error.
     pub async fn answer(&mut self, timeout: Duration) -> anyhow::Result<Answer> {
         match tokio::time::timeout(timeout, &mut self.answer).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => bail!("the local runtime API stopped before the function answered"),
-            Err(_) => bail!("the function did not answer within {} s", timeout.as_secs()),
+            Ok(Err(_)) => bail!("the local runtime API stopped before the function responded"),
+            Err(_) => bail!(
+                "the function did not respond within {} s",
+                timeout.as_secs()
+            ),
         }
     }
 }
@@ -208,7 +211,7 @@ impl Drop for LocalRuntimeApi {
     }
 }
 
-/// A request id in the form Lambda uses, unique per process and call.
+/// Makes a request id in the form Lambda uses, unique per process and call.
 fn uuid_like() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,7 +228,7 @@ fn uuid_like() -> String {
     )
 }
 
-/// The variables Lambda sets for a custom runtime, pointing at `api`.
+/// Returns the variables Lambda sets for a custom runtime, pointing at `api`.
 pub fn lambda_environment(api: &str, function_name: &str) -> Vec<(String, String)> {
     [
         ("AWS_LAMBDA_RUNTIME_API", api.to_string()),
@@ -313,7 +316,7 @@ pub async fn time_first_batch(
     Ok((elapsed, answer))
 }
 
-/// An SQS event as Lambda delivers it, with one record holding `body`.
+/// Builds an SQS event as Lambda delivers it, with one record holding `body`.
 pub fn sqs_event(queue: &str, message_id: &str, body: &str) -> String {
     serde_json::json!({
         "Records": [{
@@ -336,33 +339,69 @@ pub fn sqs_event(queue: &str, message_id: &str, body: &str) -> String {
     .to_string()
 }
 
+/// Prints each zip's size against the target; returns whether all meet it.
+fn report_zips(sizes: &[(String, u64)]) -> bool {
+    let mut all_meet = true;
+    for (function, bytes) in sizes {
+        let meets = *bytes <= ZIP_TARGET_BYTES;
+        let ratio = *bytes as f64 / ZIP_TARGET_BYTES as f64;
+        let verdict = if meets { "meets" } else { "MISSES" };
+        all_meet &= meets;
+        println!(
+            "zip:        {function:<10} {:>6.2} MB, {ratio:.2} of the 8 MB target; {verdict} it",
+            *bytes as f64 / 1e6
+        );
+    }
+    all_meet
+}
+
+/// Starts `binary` `runs` times, each with its own SQLite file and a fresh
+/// local runtime API, and returns the sorted times to the first response.
+async fn cold_starts(binary: &Path, service: &str, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let body = std::fs::read_to_string("shared/events/fixtures/loan.disbursed.json")
+        .context("Failed to read shared/events/fixtures/loan.disbursed.json; run the bench from the repository root")?;
+    let function_name = format!("underwrite-bench-{service}");
+    let mut times = Vec::with_capacity(runs);
+    eprintln!(
+        "bench: timing {runs} cold starts of {}...",
+        binary.display()
+    );
+    for run in 0..runs {
+        // Each run gets its own store, so no run finds the event done.
+        let db = dir.path().join(format!("run-{run}.db"));
+        let environment = vec![
+            ("UNDERWRITE_SERVICE".to_string(), service.to_string()),
+            ("UNDERWRITE_BACKEND".to_string(), "embedded".to_string()),
+            ("UNDERWRITE_DB".to_string(), db.display().to_string()),
+        ];
+        let event = sqs_event(&function_name, &format!("bench-{run}"), &body);
+        let (elapsed, answer) =
+            time_first_batch(binary, &event, &environment, &function_name).await?;
+        if answer.kind != "response" {
+            bail!(
+                "run {run}: the function posted an {} instead of a batch response: {}",
+                answer.kind,
+                answer.body
+            );
+        }
+        times.push(elapsed);
+    }
+    times.sort();
+    Ok(times)
+}
+
 /// Runs `underwrite bench lambda`.
 pub async fn bench_lambda(args: LambdaBenchArgs) -> anyhow::Result<ExitCode> {
     println!(
         "machine: {} logical CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let sizes = zip_sizes(&args.zips)?;
-    let mut all_meet = true;
-    for (function, bytes) in &sizes {
-        let ratio = *bytes as f64 / ZIP_TARGET_BYTES as f64;
-        let verdict = if *bytes <= ZIP_TARGET_BYTES {
-            "meets"
-        } else {
-            "MISSES"
-        };
-        all_meet &= *bytes <= ZIP_TARGET_BYTES;
-        println!(
-            "zip:        {function:<10} {:>6.2} MB, {ratio:.2} of the 8 MB target; {verdict} it",
-            *bytes as f64 / 1e6
-        );
-    }
+    let mut all_meet = report_zips(&zip_sizes(&args.zips)?);
+
     if args.runs == 0 {
         bail!("--runs is 0: measure at least one cold start");
     }
-    let dir = tempfile::tempdir()?;
-    let body = std::fs::read_to_string("shared/events/fixtures/loan.disbursed.json")
-        .context("Failed to read shared/events/fixtures/loan.disbursed.json; run the bench from the repository root")?;
     let binary = args.binary.clone().unwrap_or_else(|| {
         args.zips
             .join("../x86_64-unknown-linux-gnu/release")
@@ -374,53 +413,15 @@ pub async fn bench_lambda(args: LambdaBenchArgs) -> anyhow::Result<ExitCode> {
             binary.display()
         );
     }
-    let function_name = format!("underwrite-bench-{}", args.service);
-    let mut times = Vec::with_capacity(args.runs);
-    eprintln!(
-        "bench: timing {} cold starts of {}...",
-        args.runs,
-        binary.display()
-    );
-    for run in 0..args.runs {
-        // Each run gets its own store, so no run finds the event done.
-        let environment = vec![
-            ("UNDERWRITE_SERVICE".to_string(), args.service.clone()),
-            ("UNDERWRITE_BACKEND".to_string(), "embedded".to_string()),
-            (
-                "UNDERWRITE_DB".to_string(),
-                dir.path()
-                    .join(format!("run-{run}.db"))
-                    .display()
-                    .to_string(),
-            ),
-        ];
-        let event = sqs_event(
-            &format!("underwrite-bench-{}", args.service),
-            &format!("bench-{run}"),
-            &body,
-        );
-        let (elapsed, answer) =
-            time_first_batch(&binary, &event, &environment, &function_name).await?;
-        if answer.kind != "response" {
-            bail!(
-                "run {run}: the function posted an {} instead of a batch response: {}",
-                answer.kind,
-                answer.body
-            );
-        }
-        times.push(elapsed);
-    }
-    times.sort();
+    let times = cold_starts(&binary, &args.service, args.runs).await?;
+
     let median = times[times.len() / 2];
+    let meets = median <= COLD_START_TARGET;
     let ratio = median.as_secs_f64() / COLD_START_TARGET.as_secs_f64();
-    let verdict = if median <= COLD_START_TARGET {
-        "meets"
-    } else {
-        "MISSES"
-    };
-    all_meet &= median <= COLD_START_TARGET;
+    let verdict = if meets { "meets" } else { "MISSES" };
+    all_meet &= meets;
     println!(
-        "cold start: {} runs, start to first batch answered: min {:.1} ms, median {:.1} ms, max {:.1} ms; median {ratio:.2} of the 50 ms target; {verdict} it",
+        "cold start: {} runs, start to first batch response: min {:.1} ms, median {:.1} ms, max {:.1} ms; median {ratio:.2} of the 50 ms target; {verdict} it",
         times.len(),
         times[0].as_secs_f64() * 1e3,
         median.as_secs_f64() * 1e3,

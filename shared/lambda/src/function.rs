@@ -12,7 +12,7 @@ use underwrite_runtime::{Clock, Service};
 
 use crate::batch::{Disposition, Record, RecordProcessor};
 
-/// Longest visibility backoff after a failed record, as the embedded
+/// Maximum visibility backoff after a failed record, the embedded
 /// supervisor's cap.
 const MAX_BACKOFF_MS: u64 = 60_000;
 
@@ -64,8 +64,8 @@ impl Function {
         self.service.name()
     }
 
-    /// The visibility delay before the `receive_count`-th receive is
-    /// retried: `backoff_seconds * 2^(n-1)` capped at 60 s, the embedded
+    /// Returns the visibility delay before the `receive_count`-th receive
+    /// is retried: `backoff_seconds * 2^(n-1)` capped at 60 s, the embedded
     /// supervisor's backoff (architecture §9 applies it to the message's
     /// visibility timeout on AWS).
     pub fn backoff_ms(seconds: f64, receive_count: u32) -> u64 {

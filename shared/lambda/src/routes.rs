@@ -1,4 +1,4 @@
-//! Which service's queue receives which event types. A function runs one
+//! The routing table: the event types each service's queue receives. A function runs one
 //! service, but publishes its outputs to the queues of every subscriber, so
 //! each function carries the whole table.
 
