@@ -33,10 +33,14 @@ pub const MAX_RECEIVE_COUNT_VARIABLE: &str = "UNDERWRITE_MAX_RECEIVE_COUNT";
 /// other services use are ignored; a key this service reads must have the
 /// right form.
 pub fn settings<T: DeserializeOwned + Default>() -> Result<T, String> {
-    let Ok(path) = std::env::var(CONFIG_VARIABLE) else {
+    settings_from(std::env::var(CONFIG_VARIABLE).ok().as_deref())
+}
+
+fn settings_from<T: DeserializeOwned + Default>(path: Option<&str>) -> Result<T, String> {
+    let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(&path)
+    let text = std::fs::read_to_string(path)
         .map_err(|error| format!("failed to read {CONFIG_VARIABLE} file {path:?}: {error}"))?;
     serde_json::from_str(&text).map_err(|error| {
         format!(
@@ -59,17 +63,24 @@ impl BackendChoice {
     /// Reads the choice from the environment; the error names the variable,
     /// the value and the allowed values.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var(BACKEND_VARIABLE).as_deref() {
-            Ok("embedded") => match std::env::var(DB_VARIABLE) {
-                Ok(db) if !db.is_empty() => Ok(BackendChoice::Embedded { db: db.into() }),
-                _ => Err(format!(
-                    "{BACKEND_VARIABLE} is embedded but {DB_VARIABLE} is not set: set it to the SQLite file, such as /tmp/underwrite.db"
-                )),
-            },
-            Ok(other) => Err(format!(
+        BackendChoice::from_values(
+            std::env::var(BACKEND_VARIABLE).ok().as_deref(),
+            std::env::var(DB_VARIABLE).ok().as_deref(),
+        )
+    }
+
+    fn from_values(backend: Option<&str>, db: Option<&str>) -> Result<Self, String> {
+        match (backend, db) {
+            (Some("embedded"), Some(db)) if !db.is_empty() => {
+                Ok(BackendChoice::Embedded { db: db.into() })
+            }
+            (Some("embedded"), _) => Err(format!(
+                "{BACKEND_VARIABLE} is embedded but {DB_VARIABLE} is not set: set it to the SQLite file, such as /tmp/underwrite.db"
+            )),
+            (Some(other), _) => Err(format!(
                 "invalid {BACKEND_VARIABLE} {other:?}: the allowed value is embedded"
             )),
-            Err(_) => Err(format!(
+            (None, _) => Err(format!(
                 "{BACKEND_VARIABLE} is not set: the allowed value is embedded"
             )),
         }
@@ -191,4 +202,53 @@ where
     let name = function.name();
     info!(service = name, "Started the function.");
     crate::run(name, Arc::new(function), batch).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(default)]
+    struct Settings {
+        grace_days: u32,
+    }
+
+    #[test]
+    fn settings_default_without_file() {
+        assert_eq!(settings_from::<Settings>(None), Ok(Settings::default()));
+    }
+
+    #[test]
+    fn settings_ignore_other_keys() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), r#"{"grace_days": 3, "products": {}}"#).unwrap();
+        let read: Settings = settings_from(file.path().to_str()).unwrap();
+        assert_eq!(read.grace_days, 3);
+    }
+
+    #[test]
+    fn settings_reject_wrong_type() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), r#"{"grace_days": "three"}"#).unwrap();
+        let error = settings_from::<Settings>(file.path().to_str()).unwrap_err();
+        assert!(error.contains(CONFIG_VARIABLE), "{error}");
+        assert!(error.contains("invalid type"), "{error}");
+    }
+
+    #[test]
+    fn backend_choice_names_fix() {
+        assert_eq!(
+            BackendChoice::from_values(Some("embedded"), Some("/tmp/u.db")),
+            Ok(BackendChoice::Embedded {
+                db: "/tmp/u.db".into()
+            })
+        );
+        let missing_db = BackendChoice::from_values(Some("embedded"), None).unwrap_err();
+        assert!(missing_db.contains(DB_VARIABLE), "{missing_db}");
+        let unknown = BackendChoice::from_values(Some("dynamo"), None).unwrap_err();
+        assert!(unknown.contains("\"dynamo\""), "{unknown}");
+        let unset = BackendChoice::from_values(None, None).unwrap_err();
+        assert!(unset.contains("not set"), "{unset}");
+    }
 }
