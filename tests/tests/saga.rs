@@ -393,7 +393,7 @@ fn unwired_steps_are_named() {
     let message = error.to_string();
     for expected in [
         "step fraud needs service fraud to handle application.received",
-        "step risk needs service risk to handle application.received",
+        "step risk needs service risk to handle fraud.cleared",
         "step sanction needs service mechanism to handle kfs.accepted",
         "step disbursal needs service mechanism to handle loan.sanctioned",
     ] {

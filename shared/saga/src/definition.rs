@@ -148,7 +148,7 @@ pub fn origination() -> SagaDefinition {
                 service: "fraud",
                 command: "application.received",
                 source: Source::Input,
-                success: &[],
+                success: &["fraud.cleared"],
                 declines: &["fraud.alert"],
                 compensation: None,
                 description: "No fraud rule fires on the application.",
@@ -156,8 +156,14 @@ pub fn origination() -> SagaDefinition {
             Step {
                 name: "risk",
                 service: "risk",
-                command: "application.received",
-                source: Source::Input,
+                // The risk service records the application from the saga's
+                // input, released after consent, and scores it on the fraud
+                // step's clearance.
+                command: "fraud.cleared",
+                source: Source::Answer {
+                    step: "fraud",
+                    event_type: "fraud.cleared",
+                },
                 success: &["risk.scored"],
                 declines: &[],
                 compensation: None,
