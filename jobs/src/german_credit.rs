@@ -248,7 +248,7 @@ fn parse_applicants(csv_text: &str) -> anyhow::Result<Vec<Applicant>> {
 /// Splits one CSV record. Fields are separated by commas. A field wrapped in
 /// double quotes may contain commas, and `""` inside it is one quote. Quoted
 /// fields spanning lines are not supported because the source file has none.
-fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {

@@ -12,3 +12,4 @@ pub mod day_end;
 pub mod german_credit;
 pub mod lake;
 pub mod report;
+pub mod scorecard;

@@ -88,6 +88,8 @@ pub fn application_payload(application: &str, borrower: &str, applied_on: &str) 
         "amount": "20000.00", "tenor_months": 24, "rate_type": "floating",
         "borrower_type": "individual", "purpose": "non_business",
         "applied_on": applied_on, "first_due_date": "2024-07-05",
+        "pan": "ABCPE1234F", "applicant_name": "Asha Verma", "date_of_birth": "1990-05-20",
+        "phone": "+919876543210", "declared_monthly_income": "60000.00",
     })
 }
 

@@ -254,6 +254,28 @@ fn bad_applications_are_rejected_with_reasons() {
             with_payload(&|p| p["rate_type"] = json!("variable")),
             "unknown variant `variable`",
         ),
+        (
+            with_payload(&|p| {
+                p.as_object_mut().unwrap().remove("pan");
+            }),
+            "missing field `pan`",
+        ),
+        (
+            with_payload(&|p| p["pan"] = json!(" ")),
+            "invalid pan \" \": give the applicant's 10-character PAN",
+        ),
+        (
+            with_payload(&|p| p["declared_monthly_income"] = json!(60000)),
+            "money must be a JSON string",
+        ),
+        (
+            with_payload(&|p| p["phone"] = json!("98765")),
+            "invalid phone \"98765\"",
+        ),
+        (
+            with_payload(&|p| p["date_of_birth"] = json!("2024-06-08")),
+            "invalid date_of_birth 2024-06-08: it must be before applied_on 2024-06-07",
+        ),
     ];
     for (line, expected) in cases {
         let error = parse_input_line(&line).unwrap_err().to_string();

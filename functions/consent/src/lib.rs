@@ -21,8 +21,8 @@ use underwrite_events::{ConsentId, Envelope, EventPayload};
 use underwrite_runtime::service::{read_state, typed_payload, unsubscribed};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store};
 
-/// The consent purpose that covers assessing and pricing a loan
-/// application.
+/// The consent purpose that covers assessing an application: fraud checks,
+/// scoring and pricing.
 pub const CREDIT_ASSESSMENT: &str = "credit_assessment";
 
 /// Key prefix of each principal's artefacts.

@@ -48,6 +48,43 @@ pub struct Withdrawal {
     pub withdrawn_on: underwrite_domain::BusinessDate,
 }
 
+/// Checks the applicant's consent for [`CREDIT_ASSESSMENT`], then records
+/// the application at `key` unless the same application is already there.
+/// The same application id with other terms is a permanent
+/// `application_conflict`. Pricing and risk both keep the application so.
+pub async fn record_application(
+    event: &Envelope,
+    application: &ApplicationReceived,
+    context: &Context<'_>,
+    key: String,
+) -> Result<Outcome, HandlerError> {
+    require_consent(
+        context.store,
+        application.borrower_id.as_str(),
+        CREDIT_ASSESSMENT,
+        event.business_date,
+    )
+    .await?;
+    let (existing, read) = read_state::<ApplicationReceived>(context.store, &key).await?;
+    let mut outcome = Outcome::default();
+    match existing {
+        Some(existing) if &existing == application => {}
+        Some(_) => {
+            return Err(HandlerError::permanent(
+                "application_conflict",
+                format!(
+                    "application {} was already received with different terms; send a new application_id",
+                    application.application_id
+                ),
+            ));
+        }
+        None => outcome
+            .writes
+            .push(StateWrite::put(key, application, &read)),
+    }
+    Ok(outcome)
+}
+
 /// The pricing service.
 pub struct Pricing {
     policy: PricingPolicy,
@@ -65,32 +102,8 @@ impl Pricing {
         application: &ApplicationReceived,
         context: &Context<'_>,
     ) -> Result<Outcome, HandlerError> {
-        require_consent(
-            context.store,
-            application.borrower_id.as_str(),
-            CREDIT_ASSESSMENT,
-            event.business_date,
-        )
-        .await?;
         let key = application_key(application.application_id.as_str());
-        let (existing, read) = read_state::<ApplicationReceived>(context.store, &key).await?;
-        let mut outcome = Outcome::default();
-        match existing {
-            Some(existing) if &existing == application => {}
-            Some(_) => {
-                return Err(HandlerError::permanent(
-                    "application_conflict",
-                    format!(
-                        "application {} was already received with different terms; send a new application_id",
-                        application.application_id
-                    ),
-                ));
-            }
-            None => outcome
-                .writes
-                .push(StateWrite::put(key, application, &read)),
-        }
-        Ok(outcome)
+        record_application(event, application, context, key).await
     }
 
     async fn on_withdrawn(

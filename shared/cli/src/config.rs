@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use underwrite_domain::fraud::FraudPolicy;
 use underwrite_domain::pricing::{FeeAmount, PenalPolicy, PricingPolicy};
 use underwrite_domain::{ClassificationPolicy, ProductCatalog, ProvisioningPolicy};
 use underwrite_fee::FeeSettings;
@@ -58,6 +59,8 @@ pub struct Config {
     pub provisioning: ProvisioningPolicy,
     /// Servicing settings by product code.
     pub products: ProductCatalog,
+    /// Fraud rules and their thresholds.
+    pub fraud: FraudPolicy,
     /// Rate grid by risk grade, fee tariff, penal and prepayment charges.
     pub pricing: PricingPolicy,
     /// Lender details, cooling-off period and holidays for the KFS.
@@ -84,6 +87,7 @@ impl Default for Config {
             classification: ClassificationPolicy::default(),
             provisioning: ProvisioningPolicy::default(),
             products: ProductCatalog::default(),
+            fraud: FraudPolicy::default(),
             pricing: PricingPolicy::default(),
             kfs: KfsSettings::default(),
             fees: FeeSettings::default(),
@@ -104,7 +108,7 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "services",
-        "services that run and serve start when none are named: consent, pricing, kfs, mechanism, fee, npa, audit",
+        "services that run and serve start when none are named: consent, fraud, risk, pricing, kfs, mechanism, fee, npa, audit",
     ),
     (
         "queues.visibility_timeout_ms",
@@ -158,6 +162,34 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "products",
         "due-day rule (keep_day or month_end) by default and per product code",
+    ),
+    (
+        "fraud.pan_names",
+        "fires when one PAN was given with more than max_count distinct names in window_days (max_count 1 to 1000, window_days 1 to 3650)",
+    ),
+    (
+        "fraud.pan_velocity",
+        "fires when one PAN made more than max_count applications in window_days, this one included (max_count 1 to 1000, window_days 1 to 3650)",
+    ),
+    (
+        "fraud.phone_reuse",
+        "fires when one phone number was given with more than max_count distinct PANs in window_days (max_count 1 to 1000, window_days 1 to 3650)",
+    ),
+    (
+        "fraud.device_reuse",
+        "fires when one device was used with more than max_count distinct PANs in window_days (max_count 1 to 1000, window_days 1 to 3650)",
+    ),
+    (
+        "fraud.emi_income",
+        "fires when the EMI at assessment_rate is more than max_basis_points of declared monthly income (max_basis_points 1 to 10000; assessment_rate \"0\" to \"100\")",
+    ),
+    (
+        "fraud.pan_format",
+        "fires when the PAN is not AAAAA9999A with a holder type (P, C, H, F, A, T, B, L, J, G) as the fourth character",
+    ),
+    (
+        "fraud.applicant_age",
+        "fires when the applicant's age in whole years at the application date is below min_years or above max_years (18 to 100, min_years <= max_years)",
     ),
     (
         "pricing.rate_grid",
@@ -411,6 +443,7 @@ impl Config {
                 ),
             ));
         }
+        check_fraud(&self.fraud)?;
         check_pricing(&self.pricing)?;
         check_kfs(&self.kfs)?;
         if self.fees.grace_days > 90 {
@@ -445,6 +478,68 @@ fn check_basis_points(key: &'static str, value: u32) -> Result<(), (&'static str
         return Err((
             key,
             format!("{key} is {value}: allowed values are 0 to 10000 basis points (100%)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_fraud(fraud: &FraudPolicy) -> Result<(), (&'static str, String)> {
+    for (id, rule) in fraud.window_rules() {
+        let key = match id {
+            underwrite_domain::fraud::PAN_NAMES => "fraud.pan_names",
+            underwrite_domain::fraud::PAN_VELOCITY => "fraud.pan_velocity",
+            underwrite_domain::fraud::PHONE_REUSE => "fraud.phone_reuse",
+            _ => "fraud.device_reuse",
+        };
+        if !(1..=3650).contains(&rule.window_days) {
+            return Err((
+                key,
+                format!(
+                    "{key}.window_days is {}: allowed values are 1 to 3650 days",
+                    rule.window_days
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&rule.max_count) {
+            return Err((
+                key,
+                format!(
+                    "{key}.max_count is {}: allowed values are 1 to 1000",
+                    rule.max_count
+                ),
+            ));
+        }
+    }
+    let emi = fraud.emi_income;
+    if !(1..=MAX_BASIS_POINTS).contains(&emi.max_basis_points) {
+        return Err((
+            "fraud.emi_income",
+            format!(
+                "fraud.emi_income.max_basis_points is {}: allowed values are 1 to 10000 basis points (100%)",
+                emi.max_basis_points
+            ),
+        ));
+    }
+    let age = fraud.applicant_age;
+    // 18 is the age of majority under the Indian Majority Act 1875, below
+    // which a person cannot contract a loan.
+    for (field, value) in [("min_years", age.min_years), ("max_years", age.max_years)] {
+        if !(18..=100).contains(&value) {
+            return Err((
+                "fraud.applicant_age",
+                format!(
+                    "fraud.applicant_age.{field} is {value}: allowed values are 18 to 100 years"
+                ),
+            ));
+        }
+    }
+    if age.min_years > age.max_years {
+        return Err((
+            "fraud.applicant_age",
+            format!(
+                "fraud.applicant_age.min_years is {} and max_years {}: min_years must not exceed max_years",
+                age.min_years, age.max_years
+            ),
         ));
     }
     Ok(())
@@ -742,7 +837,31 @@ fn parse_variable(name: &str, raw: &str, path: &str, default: &Value) -> anyhow:
 /// Deserializes the merged layers. A value the deserializer rejects (an
 /// unknown enum name, a field of a product) is reported with its top-level
 /// key and the source that set it.
+/// Fills the fields a layer left out of each fraud rule with that rule's
+/// default, because the rules share field names but not default values.
+fn fill_fraud_defaults(merged: &mut Value) {
+    fn fill(target: &mut Value, defaults: &Value) {
+        if let (Value::Object(target), Value::Object(defaults)) = (target, defaults) {
+            for (key, default) in defaults {
+                match target.get_mut(key) {
+                    Some(value) => fill(value, default),
+                    None => {
+                        target.insert(key.clone(), default.clone());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(fraud) = merged.get_mut("fraud") {
+        let defaults = serde_json::to_value(FraudPolicy::default()).expect("policy serialises");
+        fill(fraud, &defaults);
+    }
+}
+
 fn deserialize(merged: &Value, sources: &BTreeMap<String, String>) -> anyhow::Result<Config> {
+    let mut merged = merged.clone();
+    fill_fraud_defaults(&mut merged);
+    let merged = &merged;
     match serde_json::from_value::<Config>(merged.clone()) {
         Ok(config) => Ok(config),
         Err(error) => {
@@ -950,6 +1069,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("fees.grace_days is 91"), "{error}");
+    }
+
+    #[test]
+    fn fraud_keys_load_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            CONFIG_FILE,
+            serde_json::json!({"fraud": {"pan_velocity": {"max_count": 2}}}),
+        );
+        let config = load(dir.path(), &[]).unwrap();
+        assert_eq!(config.fraud.pan_velocity.window_days, 30);
+        assert_eq!(config.fraud.pan_velocity.max_count, 2);
+        assert_eq!(config.fraud.pan_names, FraudPolicy::default().pan_names);
+
+        let cases = [
+            (
+                serde_json::json!({"fraud": {"phone_reuse": {"enabled": true, "window_days": 0, "max_count": 2}}}),
+                "fraud.phone_reuse.window_days is 0: allowed values are 1 to 3650 days",
+            ),
+            (
+                serde_json::json!({"fraud": {"pan_names": {"enabled": true, "window_days": 30, "max_count": 0}}}),
+                "fraud.pan_names.max_count is 0: allowed values are 1 to 1000",
+            ),
+            (
+                serde_json::json!({"fraud": {"emi_income": {"enabled": true, "assessment_rate": "20.00", "max_basis_points": 12000}}}),
+                "fraud.emi_income.max_basis_points is 12000: allowed values are 1 to 10000",
+            ),
+            (
+                serde_json::json!({"fraud": {"applicant_age": {"enabled": true, "min_years": 16, "max_years": 65}}}),
+                "fraud.applicant_age.min_years is 16: allowed values are 18 to 100 years",
+            ),
+            (
+                serde_json::json!({"fraud": {"applicant_age": {"enabled": true, "min_years": 60, "max_years": 30}}}),
+                "min_years must not exceed max_years",
+            ),
+            (
+                serde_json::json!({"fraud": {"emi_income": {"enabled": true, "assessment_rate": "120.00", "max_basis_points": 5000}}}),
+                "invalid rate \"120.00\"",
+            ),
+        ];
+        for (layer, expected) in cases {
+            write(dir.path(), CONFIG_FILE, layer);
+            let error = load(dir.path(), &[]).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.contains("fraud"), "{error}");
+        }
+        write(dir.path(), CONFIG_FILE, serde_json::json!({}));
+        let error = load(
+            dir.path(),
+            &[("UNDERWRITE_FRAUD_PAN_VELOCITY_MAX_COUNT", "0")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("fraud.pan_velocity.max_count is 0"),
+            "{error}"
+        );
+        assert!(
+            error.contains("UNDERWRITE_FRAUD_PAN_VELOCITY_MAX_COUNT"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub fn default_policy() -> Policy {
         ),
         ("origination", &["quote.withdrawn", "kfs.voided"][..]),
         ("consent", &["consent.expired"][..]),
+        ("fraud", &["fraud.alert", "fraud.cleared"][..]),
+        ("risk", &["risk.scored"][..]),
         ("pricing", &["pricing.quoted"][..]),
         ("kfs", &["kfs.issued"][..]),
         ("fee", &["fee.assess"][..]),

@@ -14,6 +14,7 @@ mod input;
 mod saga;
 mod serve;
 mod services;
+mod train;
 
 use std::path::PathBuf;
 
@@ -103,6 +104,11 @@ enum Command {
     },
     /// Measure throughput and day-end speed; prints ratios measured in this run.
     Bench(bench::BenchArgs),
+    /// Train a model from bundled data and write its model file.
+    Train {
+        #[command(subcommand)]
+        model: TrainCommand,
+    },
     /// Create an Ed25519 key pair for a service (or `input`, the ingest edge) and register its public key.
     Identity(identity::IdentityArgs),
 }
@@ -117,6 +123,12 @@ enum ReportCommand {
 enum AuditCommand {
     /// Check the hash chain and name the first broken entry.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// The risk scorecard, on the German credit applicants (docs/risk-model.md).
+    Risk(train::TrainRiskArgs),
 }
 
 #[derive(Subcommand)]
@@ -160,6 +172,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::Init { path, force } = &cli.command {
         return commands::init(path, *force);
     }
+    if let Command::Train {
+        model: TrainCommand::Risk(args),
+    } = cli.command
+    {
+        return train::train_risk(args);
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(db) = cli.db {
         config.store_path = db;
@@ -168,7 +186,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         config.lake_path = lake;
     }
     match cli.command {
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { .. } | Command::Train { .. } => unreachable!("handled above"),
         Command::List => commands::list(&config),
         Command::Migrate => commands::migrate(&config),
         Command::Run(args) => commands::run(&config, args).await,

@@ -5,17 +5,21 @@ use std::sync::Arc;
 use underwrite_audit::Audit;
 use underwrite_consent::Consent;
 use underwrite_fee::Fee;
+use underwrite_fraud::Fraud;
 use underwrite_kfs::KfsService;
 use underwrite_mechanism::Mechanism;
 use underwrite_npa::Npa;
 use underwrite_pricing::Pricing;
+use underwrite_risk::Risk;
 use underwrite_runtime::Service;
 
 use crate::config::Config;
 
 /// Names of the services, in routing order.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 9] = [
     "consent",
+    "fraud",
+    "risk",
     "pricing",
     "kfs",
     "mechanism",
@@ -29,6 +33,8 @@ pub const NAMES: [&str; 7] = [
 pub fn all(config: &Config) -> Vec<Arc<dyn Service>> {
     vec![
         Arc::new(Consent),
+        Arc::new(Fraud::new(config.fraud)),
+        Arc::new(Risk::bundled()),
         Arc::new(Pricing::new(config.pricing.clone())),
         Arc::new(KfsService::new(config.kfs.clone())),
         Arc::new(Mechanism::new(config.products.clone())),

@@ -27,6 +27,8 @@ fn application(application: &str, borrower: &str) -> Envelope {
             "amount": "20000.00", "tenor_months": 24, "rate_type": "floating",
             "borrower_type": "individual", "purpose": "non_business",
             "applied_on": "2024-06-07", "first_due_date": "2024-07-05",
+            "pan": "ABCPE1234F", "applicant_name": "Asha Verma", "date_of_birth": "1990-05-20",
+            "phone": "+919876543210", "declared_monthly_income": "60000.00",
         }
     }))
 }

@@ -11,7 +11,9 @@ pub mod apr;
 pub mod charges;
 pub mod classification;
 pub mod consent;
+pub mod cooling_off;
 pub mod date;
+pub mod fraud;
 pub mod kfs;
 pub mod ledger;
 pub mod money;
@@ -20,6 +22,7 @@ pub mod product;
 pub mod provisioning;
 pub mod rate;
 pub mod schedule;
+pub mod scorecard;
 
 pub use classification::{
     AssetClass, BorrowerClassification, ClassificationPolicy, FacilityStatus,

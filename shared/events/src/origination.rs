@@ -1,8 +1,9 @@
-//! Payloads of the origination events: applications, consent, risk scores,
+//! Payloads of the origination events: applications, consent, fraud checks, risk scores,
 //! quotes, Key Fact Statements and charge assessments.
 
 use serde::{Deserialize, Serialize};
 use underwrite_domain::consent::ConsentArtefact;
+use underwrite_domain::fraud::FiredRule;
 use underwrite_domain::pricing::{BorrowerType, LoanPurpose, Quote, RateType, RiskGrade};
 use underwrite_domain::schedule::MAX_TENOR_MONTHS;
 use underwrite_domain::{BusinessDate, Paise};
@@ -37,6 +38,78 @@ pub struct ApplicationReceived {
     pub applied_on: BusinessDate,
     /// Requested due date of the first instalment.
     pub first_due_date: BusinessDate,
+    /// The applicant's Permanent Account Number as given. Its format is
+    /// checked by the fraud rule `pan_format`, not here, so that a
+    /// malformed PAN raises a fraud alert instead of vanishing as invalid.
+    pub pan: String,
+    /// The applicant's name as given.
+    pub applicant_name: String,
+    /// The applicant's date of birth.
+    pub date_of_birth: BusinessDate,
+    /// The applicant's mobile number: digits with an optional leading `+`.
+    pub phone: String,
+    /// The id of the device the application came from, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Monthly income the applicant declared.
+    pub declared_monthly_income: Paise,
+    /// The applicant's declared accounts, history and assets, which the risk
+    /// scorecard reads. Any part may be left out.
+    #[serde(default, skip_serializing_if = "CreditProfile::is_empty")]
+    pub credit_profile: CreditProfile,
+}
+
+/// An applicant's declared credit profile: the categorical inputs of the
+/// risk scorecard. Each value is one of the category labels the scorecard
+/// was trained on (`docs/risk-model.md` lists them); a missing or unknown
+/// label scores as average.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditProfile {
+    /// Balance band of the applicant's current account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checking_account: Option<String>,
+    /// Repayment record on earlier credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_history: Option<String>,
+    /// Savings band.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savings: Option<String>,
+    /// Time in present employment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub employment_since: Option<String>,
+    /// Most valuable property held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
+    /// Housing: own, rent or for free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub housing: Option<String>,
+    /// Other instalment plans: bank, stores or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_installment_plans: Option<String>,
+}
+
+impl CreditProfile {
+    /// Returns each declared field as (scorecard feature name, label).
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 7] {
+        [
+            ("checking_account", self.checking_account.as_deref()),
+            ("credit_history", self.credit_history.as_deref()),
+            ("savings", self.savings.as_deref()),
+            ("employment_since", self.employment_since.as_deref()),
+            ("property", self.property.as_deref()),
+            ("housing", self.housing.as_deref()),
+            (
+                "other_installment_plans",
+                self.other_installment_plans.as_deref(),
+            ),
+        ]
+    }
+
+    /// Checks whether no field is given.
+    pub fn is_empty(&self) -> bool {
+        self.fields().iter().all(|(_, value)| value.is_none())
+    }
 }
 
 impl ApplicationReceived {
@@ -66,8 +139,90 @@ impl ApplicationReceived {
                 self.product
             ));
         }
+        self.validate_applicant()
+    }
+
+    fn validate_applicant(&self) -> Result<(), String> {
+        let pan = self.pan.trim();
+        if pan.is_empty() || pan.len() > 32 {
+            return Err(format!(
+                "invalid pan {:?}: give the applicant's 10-character PAN, such as \"ABCPE1234F\"",
+                self.pan
+            ));
+        }
+        let name = self.applicant_name.trim();
+        if !name.chars().any(char::is_alphabetic) || name.chars().count() > 200 {
+            return Err(format!(
+                "invalid applicant_name {:?}: give the applicant's name in 1 to 200 characters",
+                self.applicant_name
+            ));
+        }
+        if self.date_of_birth >= self.applied_on {
+            return Err(format!(
+                "invalid date_of_birth {}: it must be before applied_on {}",
+                self.date_of_birth, self.applied_on
+            ));
+        }
+        let digits = self.phone.strip_prefix('+').unwrap_or(&self.phone);
+        if !(10..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "invalid phone {:?}: use 10 to 15 digits with an optional leading +, such as \"+919876543210\"",
+                self.phone
+            ));
+        }
+        if let Some(device) = &self.device_id
+            && (device.trim().is_empty() || device.len() > 128)
+        {
+            return Err(format!(
+                "invalid device_id {device:?}: use 1 to 128 characters or leave the field out"
+            ));
+        }
+        for (name, value) in self.credit_profile.fields() {
+            if let Some(value) = value
+                && (value.trim().is_empty() || value.len() > 128)
+            {
+                return Err(format!(
+                    "invalid credit_profile.{name} {value:?}: use 1 to 128 characters or leave the field out"
+                ));
+            }
+        }
+        if !self.declared_monthly_income.is_positive() {
+            return Err(format!(
+                "invalid declared_monthly_income {:?}: it must be greater than zero",
+                self.declared_monthly_income.to_string()
+            ));
+        }
         Ok(())
     }
+}
+
+/// `fraud.alert`: fraud rules fired on an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudAlert {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The applicant.
+    pub borrower_id: BorrowerId,
+    /// The rules that fired, each with its threshold and observed value, in
+    /// evaluation order.
+    pub rules: Vec<FiredRule>,
+    /// The application date the rules were evaluated at.
+    pub assessed_on: BusinessDate,
+}
+
+/// `fraud.cleared`: no fraud rule fired on an application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudCleared {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The applicant.
+    pub borrower_id: BorrowerId,
+    /// The ids of the rules that ran.
+    pub rules_checked: Vec<String>,
+    /// The application date the rules were evaluated at.
+    pub assessed_on: BusinessDate,
 }
 
 /// `consent.granted`: a data principal gave consent (DPDP Act 2023, s. 6).

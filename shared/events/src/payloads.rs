@@ -7,8 +7,8 @@ use underwrite_domain::kfs::Kfs;
 
 use crate::ids::{BorrowerId, EventId, LoanId, PaymentId};
 use crate::origination::{
-    ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess, KfsAccepted,
-    KfsVoided, PricingQuoted, QuoteWithdrawn, RiskScored,
+    ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess, FraudAlert,
+    FraudCleared, KfsAccepted, KfsVoided, PricingQuoted, QuoteWithdrawn, RiskScored,
 };
 
 /// The event types of the catalogue, with their wire names.
@@ -50,11 +50,15 @@ pub enum EventType {
     QuoteWithdrawn,
     /// `kfs.voided`
     KfsVoided,
+    /// `fraud.alert`
+    FraudAlert,
+    /// `fraud.cleared`
+    FraudCleared,
 }
 
 impl EventType {
     /// Every known type.
-    pub const ALL: [EventType; 18] = [
+    pub const ALL: [EventType; 20] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -73,6 +77,8 @@ impl EventType {
         EventType::KfsAccepted,
         EventType::QuoteWithdrawn,
         EventType::KfsVoided,
+        EventType::FraudAlert,
+        EventType::FraudCleared,
     ];
 
     /// Types a lender's systems send in (`underwrite run --input`).
@@ -112,6 +118,8 @@ impl EventType {
             EventType::KfsAccepted => "kfs.accepted",
             EventType::QuoteWithdrawn => "quote.withdrawn",
             EventType::KfsVoided => "kfs.voided",
+            EventType::FraudAlert => "fraud.alert",
+            EventType::FraudCleared => "fraud.cleared",
         }
     }
 
@@ -292,6 +300,10 @@ pub enum EventPayload {
     QuoteWithdrawn(QuoteWithdrawn),
     /// `kfs.voided`
     KfsVoided(KfsVoided),
+    /// `fraud.alert`
+    FraudAlert(FraudAlert),
+    /// `fraud.cleared`
+    FraudCleared(FraudCleared),
 }
 
 impl EventPayload {
@@ -316,6 +328,8 @@ impl EventPayload {
             EventPayload::KfsAccepted(_) => EventType::KfsAccepted,
             EventPayload::QuoteWithdrawn(_) => EventType::QuoteWithdrawn,
             EventPayload::KfsVoided(_) => EventType::KfsVoided,
+            EventPayload::FraudAlert(_) => EventType::FraudAlert,
+            EventPayload::FraudCleared(_) => EventType::FraudCleared,
         }
     }
 
@@ -341,6 +355,8 @@ impl EventPayload {
             EventPayload::KfsAccepted(p) => serde_json::to_value(p),
             EventPayload::QuoteWithdrawn(p) => serde_json::to_value(p),
             EventPayload::KfsVoided(p) => serde_json::to_value(p),
+            EventPayload::FraudAlert(p) => serde_json::to_value(p),
+            EventPayload::FraudCleared(p) => serde_json::to_value(p),
         };
         value.expect("payload types serialise to JSON")
     }
@@ -370,6 +386,8 @@ impl EventPayload {
             EventType::KfsAccepted => EventPayload::KfsAccepted(typed(payload)?),
             EventType::QuoteWithdrawn => EventPayload::QuoteWithdrawn(typed(payload)?),
             EventType::KfsVoided => EventPayload::KfsVoided(typed(payload)?),
+            EventType::FraudAlert => EventPayload::FraudAlert(typed(payload)?),
+            EventType::FraudCleared => EventPayload::FraudCleared(typed(payload)?),
         };
         parsed.validate()?;
         Ok(parsed)
