@@ -2,6 +2,7 @@
 //! fresh SQLite file, and builders for input events.
 
 pub mod contract;
+pub mod moto;
 pub mod origination;
 pub mod python;
 

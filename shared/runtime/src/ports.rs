@@ -496,6 +496,36 @@ impl ClaimCheck {
     }
 }
 
+/// Builds the message of a published event: its attributes, and its body or,
+/// above `threshold` bytes, a claim-check reference to a copy written to
+/// `objects` under `claims/<owner>/`.
+pub async fn outbound_message(
+    objects: &dyn ObjectStore,
+    owner: &str,
+    threshold: usize,
+    event: &Outbound,
+) -> Result<(String, BTreeMap<String, String>), PortError> {
+    let mut attributes = BTreeMap::from([
+        (ATTR_EVENT_ID.to_string(), event.id.clone()),
+        (ATTR_EVENT_TYPE.to_string(), event.event_type.clone()),
+    ]);
+    if event.body.len() <= threshold {
+        return Ok((event.body.clone(), attributes));
+    }
+    let key = ClaimCheck::key_for(owner, &event.id);
+    // Event ids are unique and outputs deterministic, so an object already
+    // at the key contains this same body.
+    objects.put_if_absent(&key, event.body.as_bytes()).await?;
+    attributes.insert(ATTR_CLAIM_CHECK.to_string(), "s3".to_string());
+    let reference = ClaimCheck {
+        claim_check: key,
+        id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        bytes: event.body.len(),
+    };
+    Ok((reference.to_body(), attributes))
+}
+
 // ---------------------------------------------------------- object store
 
 /// What a put-if-absent did.

@@ -13,10 +13,9 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use crate::ports::{
-    ATTR_CLAIM_CHECK, ATTR_EVENT_ID, ATTR_EVENT_TYPE, Bus, Claim, ClaimCheck,
-    DEFAULT_CLAIM_CHECK_BYTES, DeadLetterEntry, DeadLetterReason, Delivery, EffectStore, Lease,
-    MAX_MESSAGE_BYTES, ObjectStore, Outbound, PortError, PutOutcome, ReplayMethod, Replayed,
-    Routes,
+    ATTR_EVENT_ID, Bus, Claim, ClaimCheck, DEFAULT_CLAIM_CHECK_BYTES, DeadLetterEntry,
+    DeadLetterReason, Delivery, EffectStore, Lease, MAX_MESSAGE_BYTES, ObjectStore, Outbound,
+    PortError, PutOutcome, ReplayMethod, Replayed, Routes, outbound_message,
 };
 use crate::sqlite::{SqliteStore, apply_write, now_ms, unavailable};
 use crate::store::{Expected, StateWrite, StoreError};
@@ -37,7 +36,7 @@ fn lost_lease(lease: &Lease) -> StoreError {
 }
 
 /// Splits a stored JSON array of events into the events' JSON texts.
-pub(crate) fn split_outputs(key: &str, array: &str) -> Result<Vec<String>, StoreError> {
+pub fn split_outputs(key: &str, array: &str) -> Result<Vec<String>, StoreError> {
     let raw: Vec<Box<serde_json::value::RawValue>> =
         serde_json::from_str(array).map_err(|error| StoreError::Corrupt {
             key: key.to_string(),
@@ -47,7 +46,7 @@ pub(crate) fn split_outputs(key: &str, array: &str) -> Result<Vec<String>, Store
 }
 
 /// Joins events' JSON texts into one JSON array text.
-pub(crate) fn join_outputs(outputs: &[String]) -> String {
+pub fn join_outputs(outputs: &[String]) -> String {
     let mut array = String::with_capacity(2 + outputs.iter().map(|o| o.len() + 1).sum::<usize>());
     array.push('[');
     for (position, body) in outputs.iter().enumerate() {
@@ -271,28 +270,8 @@ impl Bus for SqliteBus {
     async fn publish(&self, events: &[Outbound]) -> Result<(), PortError> {
         let mut messages = Vec::with_capacity(events.len());
         for event in events {
-            let mut attributes = BTreeMap::from([
-                (ATTR_EVENT_ID.to_string(), event.id.clone()),
-                (ATTR_EVENT_TYPE.to_string(), event.event_type.clone()),
-            ]);
-            let body = if event.body.len() > self.claim_check_bytes {
-                let key = ClaimCheck::key_for(&self.owner, &event.id);
-                // Event ids are unique and bodies deterministic, so an
-                // existing object at the key holds this same body.
-                self.store
-                    .put_if_absent(&key, event.body.as_bytes())
-                    .await?;
-                attributes.insert(ATTR_CLAIM_CHECK.to_string(), "s3".to_string());
-                ClaimCheck {
-                    claim_check: key,
-                    id: event.id.clone(),
-                    event_type: event.event_type.clone(),
-                    bytes: event.body.len(),
-                }
-                .to_body()
-            } else {
-                event.body.clone()
-            };
+            let (body, attributes) =
+                outbound_message(&*self.store, &self.owner, self.claim_check_bytes, event).await?;
             let queues = self.routes.queues_for(&event.event_type);
             messages.push((
                 queues,
