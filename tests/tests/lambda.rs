@@ -20,6 +20,8 @@ use underwrite_tests::{disbursal, repayment};
 fn services() -> Vec<Arc<dyn Service>> {
     vec![
         Arc::new(underwrite_consent::Consent),
+        Arc::new(underwrite_fraud::Fraud::new(Default::default())),
+        Arc::new(underwrite_risk::Risk::bundled()),
         Arc::new(underwrite_pricing::Pricing::new(Default::default())),
         Arc::new(underwrite_kfs::KfsService::new(Default::default())),
         Arc::new(Mechanism::new(ProductCatalog::default())),

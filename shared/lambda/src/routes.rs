@@ -10,10 +10,20 @@ use underwrite_runtime::ports::Routes;
 pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     (
         "consent",
-        &["consent.granted", "consent.withdrawn", "day.closed"],
+        &[
+            "consent.granted",
+            "consent.withdrawn",
+            "day.closed",
+            "application.received",
+        ],
     ),
-    ("pricing", &["application.received", "risk.scored"]),
-    ("kfs", &["pricing.quoted", "kfs.accepted"]),
+    ("fraud", &["application.received"]),
+    ("risk", &["application.received", "fraud.cleared"]),
+    (
+        "pricing",
+        &["application.received", "risk.scored", "quote.withdrawn"],
+    ),
+    ("kfs", &["pricing.quoted", "kfs.accepted", "kfs.voided"]),
     (
         "mechanism",
         &["loan.disbursed", "repayment.received", "repayment.reversed"],
