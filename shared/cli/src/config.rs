@@ -311,8 +311,18 @@ impl Config {
 
         let config = deserialize(&merged, &sources)?;
         if let Err((key, message)) = config.check() {
+            // A check may name a group such as `fraud.pan_velocity` whose
+            // values were set one leaf at a time.
+            let nested = format!("{key}.");
             let source = sources
                 .get(key)
+                .or_else(|| {
+                    sources
+                        .range(nested.clone()..)
+                        .next()
+                        .filter(|(path, _)| path.starts_with(&nested))
+                        .map(|(_, source)| source)
+                })
                 .cloned()
                 .unwrap_or_else(|| "the defaults".into());
             anyhow::bail!("invalid config: {message} (set in {source})");
