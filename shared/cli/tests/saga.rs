@@ -223,7 +223,8 @@ fn replay_names_unwired_steps() {
     assert_eq!(replayed.status.code(), Some(2));
     let message = text(&replayed);
     assert!(
-        message.contains("step fraud needs service fraud to handle application.received"),
+        message.contains("step sanction needs service mechanism to handle kfs.accepted"),
         "{message}"
     );
+    assert!(!message.contains("step fraud"), "{message}");
 }

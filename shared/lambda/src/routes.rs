@@ -10,20 +10,12 @@ use underwrite_runtime::ports::Routes;
 pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     (
         "consent",
-        &[
-            "consent.granted",
-            "consent.withdrawn",
-            "day.closed",
-            "application.received",
-        ],
+        &["consent.granted", "consent.withdrawn", "day.closed"],
     ),
     ("fraud", &["application.received"]),
     ("risk", &["application.received", "fraud.cleared"]),
-    (
-        "pricing",
-        &["application.received", "risk.scored", "quote.withdrawn"],
-    ),
-    ("kfs", &["pricing.quoted", "kfs.accepted", "kfs.voided"]),
+    ("pricing", &["application.received", "risk.scored"]),
+    ("kfs", &["pricing.quoted", "kfs.accepted"]),
     (
         "mechanism",
         &["loan.disbursed", "repayment.received", "repayment.reversed"],
