@@ -143,7 +143,7 @@ impl PlannedWrite {
     }
 }
 
-/// How a transaction failed.
+/// The reason a transaction failed.
 enum TxFailure {
     /// A condition failed: the action's index.
     Condition(Option<usize>),

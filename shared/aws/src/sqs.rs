@@ -33,7 +33,7 @@ const ATTR_FAILED_MS: &str = "dlq_failed_ms";
 /// above they stay within SQS's 10 attributes.
 const KEPT_ATTRIBUTES: [&str; 3] = [ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_CLAIM_CHECK];
 
-/// Longest error message kept on a dead letter, in bytes.
+/// Maximum length of the error message stored on a dead letter, in bytes.
 const MAX_REASON_BYTES: usize = 4096;
 
 /// Entries per `SendMessageBatch`, and bytes per call.
@@ -413,10 +413,10 @@ impl SqsBus {
         match started {
             Ok(_) => Ok(Some(count)),
             Err(error) => {
-                // NOTE: moto 5.2.5 answers 500 because it does not implement
+                // NOTE: moto 5.2.5 returns 500 because it does not implement
                 // move tasks. Any refusal falls back to receive-send-delete,
                 // which moves the same messages.
-                warn!(queue, error = %describe(&error), "The endpoint refused a message-move task; replaying by receive, send and delete.");
+                warn!(queue, error = %describe(&error), "The endpoint rejected a message-move task, so the replay uses receive, send and delete.");
                 Ok(None)
             }
         }

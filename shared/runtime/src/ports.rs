@@ -71,13 +71,13 @@ pub enum PortError {
     /// A message or object over a size limit.
     #[error("{what} is {size} bytes, above the limit of {limit} bytes; {fix}")]
     TooLarge {
-        /// What was too large, with its id.
+        /// The oversized item, with its id.
         what: String,
         /// Its size in bytes.
         size: usize,
         /// The limit in bytes.
         limit: usize,
-        /// What to do about it.
+        /// The next step to take.
         fix: String,
     },
     /// A secret that does not exist.
@@ -171,7 +171,7 @@ pub struct Lease {
     pub expires_ms: i64,
 }
 
-/// What [`EffectStore::claim`] found.
+/// The result of [`EffectStore::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// No record, or an expired lease: the caller now holds the lease.
@@ -319,7 +319,7 @@ impl Routes {
     }
 }
 
-/// Why a record went to a dead-letter queue.
+/// The reason a record went to a dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterReason {
     /// `permanent` (no retry could help) or `retries_exhausted`.
@@ -376,13 +376,13 @@ pub struct DeadLetterEntry {
     pub body: String,
     /// The original message attributes.
     pub attributes: BTreeMap<String, String>,
-    /// Why it is there.
+    /// The reason it is there.
     pub reason: DeadLetterReason,
     /// When it failed, Unix milliseconds.
     pub failed_ms: i64,
 }
 
-/// How a replay moved dead letters back.
+/// The method a replay used to move dead letters back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayMethod {
     /// Received from the dead-letter queue, sent to the source, deleted.
@@ -391,7 +391,7 @@ pub enum ReplayMethod {
     MoveTask,
 }
 
-/// What [`Bus::replay`] did.
+/// The result of [`Bus::replay`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replayed {
     /// Messages moved (for a move task: those in the queue when it started).
@@ -490,7 +490,7 @@ impl ClaimCheck {
         format!("claims/{service}/{event_id}.json")
     }
 
-    /// The reference as a message body.
+    /// Returns the reference as a message body.
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).expect("claim check serialises")
     }

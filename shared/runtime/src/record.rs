@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::ports::{Bus, Claim, DeadLetterReason, EffectStore, Outbound};
 use crate::service::{Context, HandlerError, Service};
 
-/// How the processor treats leases and retries.
+/// Settings for the processor's leases and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordSettings {
     /// How long a claimed lease holds, in milliseconds. Set it to at least
@@ -81,7 +81,7 @@ pub struct Record<'a> {
     pub receive_count: u32,
 }
 
-/// What became of a record.
+/// The outcome of one record.
 #[derive(Debug)]
 pub enum RecordOutcome {
     /// Handled and committed; its outputs were published.

@@ -75,17 +75,17 @@ impl Phase {
     }
 }
 
-/// Where a step stands.
+/// The state of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Waiting for a signal from outside before its command can go.
     Waiting,
-    /// The command is on the service's queue; no answer yet.
+    /// The command is on the service's queue; no reply yet.
     Sent,
-    /// The service answered with success.
+    /// The service replied with success.
     Succeeded,
-    /// The service answered with a failure or a decline.
+    /// The service replied with a failure or a decline.
     Failed,
 }
 
@@ -120,7 +120,7 @@ pub struct StepRecord {
     /// The command event as JSON, once sent.
     #[serde(skip)]
     pub command: Option<String>,
-    /// Where the step stands.
+    /// The step's state.
     pub status: StepStatus,
     /// The events the service answered with, as a JSON array.
     #[serde(skip)]
