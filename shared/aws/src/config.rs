@@ -230,6 +230,8 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     /// Secrets Manager.
     pub secrets: aws_sdk_secretsmanager::Client,
+    /// Step Functions, which saga workers answer with task tokens.
+    pub sfn: aws_sdk_sfn::Client,
 }
 
 impl AwsClients {
@@ -258,6 +260,7 @@ impl AwsClients {
             sqs: aws_sdk_sqs::Client::new(&shared),
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             secrets: aws_sdk_secretsmanager::Client::new(&shared),
+            sfn: aws_sdk_sfn::Client::new(&shared),
         })
     }
 }

@@ -150,9 +150,35 @@ enum TxFailure {
     Other(String),
 }
 
-/// DynamoDB as the effect store of one service: every key it reads or
-/// writes starts with `<service>#`, which the service's IAM role is fenced
-/// to (`dynamodb:LeadingKeys`).
+/// Collections one service writes and others only read, with their owner.
+/// On the embedded runtime every service shares one store; here each
+/// service's items sit under its own partition-key prefix, so a read of
+/// these collections goes to the owner's prefix. The consent records are
+/// read by every service that processes personal data, which DPDP Act 2023
+/// s. 6 allows only under active consent for the purpose.
+pub const SHARED_COLLECTIONS: &[(&str, &str)] = &[("consent/", "consent")];
+
+/// The collection of saga signals, `saga-signal/<owner>/...`: the service
+/// named after the prefix writes each signal its saga step receives, and
+/// the other steps' services read it to rebuild a failed step's command.
+pub const SIGNAL_COLLECTION: &str = "saga-signal/";
+
+/// Returns the service that owns the collection of `key`, when another
+/// service's reads of it go to that owner's items.
+pub fn collection_owner(key: &str) -> Option<&str> {
+    if let Some(rest) = key.strip_prefix(SIGNAL_COLLECTION) {
+        return rest.split('/').next().filter(|owner| !owner.is_empty());
+    }
+    SHARED_COLLECTIONS
+        .iter()
+        .find(|(collection, _)| key.starts_with(collection))
+        .map(|(_, owner)| *owner)
+}
+
+/// DynamoDB as the effect store of one service: every key it writes starts
+/// with `<service>#`, which the service's IAM role is fenced to
+/// (`dynamodb:LeadingKeys`); reads of a [shared collection](SHARED_COLLECTIONS)
+/// go to its owner's prefix, which the role may only read.
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     objects: Arc<S3Objects>,
@@ -187,7 +213,8 @@ impl DynamoStore {
             Some(end) => &key[..=end],
             None => key,
         };
-        format!("{}#{collection}#{:02}", self.namespace, shard(key))
+        let namespace = collection_owner(key).unwrap_or(&self.namespace);
+        format!("{namespace}#{collection}#{:02}", shard(key))
     }
 
     fn item_key(&self, key: &str) -> HashMap<String, AttributeValue> {
@@ -928,7 +955,8 @@ impl Store for DynamoStore {
         let high = format!("{prefix}\u{10FFFF}");
         let collection = &prefix[..=prefix.find('/').expect("checked above")];
         let queries = (0..SHARDS).map(|shard| {
-            let pk = format!("{}#{collection}#{shard:02}", self.namespace);
+            let namespace = collection_owner(prefix).unwrap_or(&self.namespace);
+            let pk = format!("{namespace}#{collection}#{shard:02}");
             let (low, high) = (low.clone(), high.clone());
             async move {
                 let mut found = Vec::new();
@@ -1063,6 +1091,17 @@ impl EffectStore for DynamoStore {
         let planned = merge_duplicates(writes);
         for write in &planned {
             Self::check_size(write)?;
+            if let Some(owner) = collection_owner(&write.key)
+                && owner != self.namespace
+            {
+                return Err(StoreError::Rejected {
+                    key: write.key.clone(),
+                    reason: format!(
+                        "the collection belongs to the {owner} service, which alone writes it; {} may only read it",
+                        self.namespace
+                    ),
+                });
+            }
         }
         let bytes: usize = planned.iter().map(PlannedWrite::bytes).sum();
         if planned.len() > ACTIONS_PER_TRANSACTION || bytes > BYTES_PER_TRANSACTION {
@@ -1117,5 +1156,22 @@ impl EffectStore for DynamoStore {
             }
             Err(error) => Err(unavailable("release a lease", describe(&error))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_collections_name_their_owner() {
+        assert_eq!(collection_owner("consent/principal/B1"), Some("consent"));
+        assert_eq!(
+            collection_owner("saga-signal/kfs/APP1/kfs.accepted"),
+            Some("kfs")
+        );
+        assert_eq!(collection_owner("saga-signal//APP1"), None);
+        assert_eq!(collection_owner("pricing/quote/APP1"), None);
+        assert_eq!(collection_owner("consents/other"), None);
     }
 }

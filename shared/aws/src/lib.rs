@@ -19,6 +19,7 @@ pub mod dynamo;
 pub mod error;
 pub mod s3;
 pub mod secrets;
+pub mod sfn;
 pub mod sqs;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use config::{AwsClients, AwsConfig, ConfigError};
 pub use dynamo::DynamoStore;
 pub use s3::S3Objects;
 pub use secrets::SecretsManager;
+pub use sfn::StepFunctionsTasks;
 pub use sqs::SqsBus;
 use underwrite_runtime::ports::Routes;
 

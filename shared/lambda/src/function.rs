@@ -11,6 +11,7 @@ use underwrite_runtime::record::{self, Backend, RecordOutcome, RecordSettings};
 use underwrite_runtime::{Clock, Service};
 
 use crate::batch::{Disposition, Record, RecordProcessor};
+use crate::saga_task::{SagaTasks, task_message};
 
 /// Maximum visibility backoff after a failed record, the embedded
 /// supervisor's cap.
@@ -26,6 +27,7 @@ pub struct Function {
     authority: Option<Arc<Authority>>,
     settings: RecordSettings,
     backoff_seconds: Option<f64>,
+    tasks: Option<Arc<SagaTasks>>,
 }
 
 impl Function {
@@ -47,7 +49,15 @@ impl Function {
             authority,
             settings,
             backoff_seconds: None,
+            tasks: None,
         }
+    }
+
+    /// Runs the steps of a saga that Step Functions sends to this
+    /// function's queue as task messages, and answers their task tokens.
+    pub fn with_saga_tasks(mut self, tasks: Arc<SagaTasks>) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// Makes a record that failed for a retryable reason visible again after
@@ -64,6 +74,35 @@ impl Function {
         self.service.name()
     }
 
+    pub(crate) fn service(&self) -> &dyn Service {
+        self.service.as_ref()
+    }
+
+    pub(crate) fn effects(&self) -> &dyn EffectStore {
+        self.effects.as_ref()
+    }
+
+    pub(crate) fn bus(&self) -> &dyn Bus {
+        self.bus.as_ref()
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    pub(crate) fn authority(&self) -> Option<&Authority> {
+        self.authority.as_deref()
+    }
+
+    pub(crate) fn backend(&self) -> Backend<'_> {
+        Backend {
+            effects: self.effects.as_ref(),
+            bus: self.bus.as_ref(),
+            clock: self.clock.as_ref(),
+            settings: self.settings,
+        }
+    }
+
     /// Returns the visibility delay before the `receive_count`-th receive
     /// is retried: `backoff_seconds * 2^(n-1)` capped at 60 s, the embedded
     /// supervisor's backoff (architecture §9 applies it to the message's
@@ -75,30 +114,19 @@ impl Function {
     }
 }
 
-#[async_trait]
-impl RecordProcessor for Function {
-    async fn process(&self, record: &Record<'_>) -> Disposition {
-        let backend = Backend {
-            effects: self.effects.as_ref(),
-            bus: self.bus.as_ref(),
-            clock: self.clock.as_ref(),
-            settings: self.settings,
-        };
-        let input = record::Record {
-            message_id: record.message_id,
-            body: record.body,
-            attributes: record.attributes,
-            receive_count: record.receive_count,
-        };
-        let outcome = record::process_record(
-            self.service.as_ref(),
-            &backend,
-            self.authority.as_deref(),
-            &input,
-        )
-        .await;
+impl Function {
+    /// Turns a record's outcome into what the batch loop reports, applying
+    /// the visibility backoff to a retry.
+    pub(crate) async fn disposition(
+        &self,
+        outcome: RecordOutcome,
+        record: &Record<'_>,
+    ) -> Disposition {
         match outcome {
-            RecordOutcome::Done { .. } | RecordOutcome::Duplicate => Disposition::Handled,
+            // A saga command's permanent failure was the saga's answer.
+            RecordOutcome::Done { .. }
+            | RecordOutcome::Duplicate { .. }
+            | RecordOutcome::Answered(_) => Disposition::Handled,
             RecordOutcome::DeadLettered(error) => Disposition::DeadLettered {
                 code: error.code().to_string(),
             },
@@ -117,5 +145,37 @@ impl RecordProcessor for Function {
                 }
             }
         }
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for Function {
+    async fn process(&self, record: &Record<'_>) -> Disposition {
+        if let Some(tasks) = &self.tasks {
+            match task_message(record.body) {
+                Some(Ok(message)) => return self.process_task(tasks, record, message).await,
+                Some(Err(reason)) => {
+                    return self.dead_letter_task(record, "invalid_task", reason).await;
+                }
+                None => {}
+            }
+            if let Some(disposition) = self.signal_arrived(tasks, record).await {
+                return disposition;
+            }
+        }
+        let input = record::Record {
+            message_id: record.message_id,
+            body: record.body,
+            attributes: record.attributes,
+            receive_count: record.receive_count,
+        };
+        let outcome = record::process_record(
+            self.service.as_ref(),
+            &self.backend(),
+            self.authority.as_deref(),
+            &input,
+        )
+        .await;
+        self.disposition(outcome, record).await
     }
 }

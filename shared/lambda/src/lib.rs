@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod function;
 pub mod routes;
+pub mod saga_task;
 pub mod start;
 
 use std::sync::Arc;

@@ -102,6 +102,15 @@ pub enum PortError {
         /// The object key.
         key: String,
     },
+    /// The backend rejected the request for good, such as a malformed task
+    /// token; a retry cannot succeed.
+    #[error("{service} rejected the request: {message}")]
+    Rejected {
+        /// `sfn`, ...
+        service: &'static str,
+        /// The failure, with what to check.
+        message: String,
+    },
     /// The backend could not be reached or failed; a retry may succeed.
     #[error("{service} unavailable: {message}")]
     Unavailable {
@@ -129,6 +138,7 @@ impl PortError {
             PortError::MissingSecret { .. } => "missing_secret",
             PortError::BadClaimCheck { .. } => "bad_claim_check",
             PortError::Conflict { .. } => "object_conflict",
+            PortError::Rejected { .. } => "backend_rejected",
             PortError::Unavailable { .. } => "backend_unavailable",
         }
     }
@@ -616,4 +626,19 @@ impl SecretSource for DirSecrets {
             }),
         }
     }
+}
+
+// ---------------------------------------------------------- saga tasks
+
+/// Answers to the saga steps a workflow engine waits on: Step Functions'
+/// `SendTaskSuccess` and `SendTaskFailure` on AWS. Answering a task that is
+/// already closed (answered before, timed out, or its execution stopped)
+/// succeeds and changes nothing, so a redelivered step can answer again.
+#[async_trait]
+pub trait TaskAnswers: Send + Sync {
+    /// Completes the task of `token` with `output` (JSON text).
+    async fn succeed(&self, token: &str, output: &str) -> Result<(), PortError>;
+
+    /// Fails the task of `token` with an error code and a cause (JSON text).
+    async fn fail(&self, token: &str, error: &str, cause: &str) -> Result<(), PortError>;
 }

@@ -86,17 +86,24 @@ pub struct Record<'a> {
 pub enum RecordOutcome {
     /// Handled and committed; its outputs were published.
     Done {
-        /// Events published.
-        emitted: usize,
+        /// The events published, as JSON texts in emission order.
+        outputs: Vec<String>,
     },
     /// Already complete: its stored outputs were published again.
-    Duplicate,
+    Duplicate {
+        /// The stored outputs, as JSON texts in emission order.
+        outputs: Vec<String>,
+    },
     /// Failed; leave it on the queue to be redelivered (on Lambda, report
     /// it in `batchItemFailures`).
     Retry(HandlerError),
     /// Failed permanently or for the last time and sent to the dead-letter
     /// queue with the error as its reason; acknowledge it.
     DeadLettered(HandlerError),
+    /// Failed permanently and kept out of the dead-letter queue, because
+    /// the caller answers with the failure: a saga step's command, whose
+    /// failure the saga handles with its compensations. Acknowledge it.
+    Answered(HandlerError),
 }
 
 impl RecordOutcome {
@@ -116,6 +123,31 @@ pub async fn process_record(
     authority: Option<&Authority>,
     record: &Record<'_>,
 ) -> RecordOutcome {
+    process(service, backend, authority, record, false).await
+}
+
+/// Processes a saga step's command like [`process_record`], except that a
+/// permanent failure is [`RecordOutcome::Answered`] instead of a dead
+/// letter: the saga answers the step with it and compensates, as the
+/// embedded runtime does for a command that carries a task token. A
+/// retryable failure on the last receive still goes to the dead-letter
+/// queue, where a replay resumes the step.
+pub async fn process_saga_command(
+    service: &dyn Service,
+    backend: &Backend<'_>,
+    authority: Option<&Authority>,
+    record: &Record<'_>,
+) -> RecordOutcome {
+    process(service, backend, authority, record, true).await
+}
+
+async fn process(
+    service: &dyn Service,
+    backend: &Backend<'_>,
+    authority: Option<&Authority>,
+    record: &Record<'_>,
+    answers_failures: bool,
+) -> RecordOutcome {
     let queue = service.name();
     let span = info_span!(
         "record",
@@ -130,6 +162,10 @@ pub async fn process_record(
     async {
         let outcome = run_steps(service, backend, authority, record).await;
         match outcome {
+            Err(error) if answers_failures && !error.is_retryable() => {
+                warn!(service = queue, error_code = error.code(), %error, "A saga command failed permanently; the saga is answered with the failure.");
+                RecordOutcome::Answered(error)
+            }
             Err(error) => fail(service, backend, record, error).await,
             Ok(outcome) => outcome,
         }
@@ -166,7 +202,8 @@ async fn run_steps(
     {
         Claim::Complete { outputs } => {
             let outbound = outputs
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(Outbound::from_json)
                 .collect::<Result<Vec<_>, _>>()?;
             backend.bus.publish(&outbound).await?;
@@ -174,7 +211,7 @@ async fn run_steps(
                 republished = outbound.len(),
                 "Dropped a duplicate delivery of a completed event after publishing its outputs again."
             );
-            return Ok(RecordOutcome::Duplicate);
+            return Ok(RecordOutcome::Duplicate { outputs });
         }
         Claim::InProgress { expires_ms } => {
             return Err(HandlerError::retryable(
@@ -237,9 +274,7 @@ async fn run_steps(
     // redelivery finds it complete and publishes the stored outputs.
     backend.bus.publish(&outbound).await?;
     debug!(emitted = outbound.len(), "Handled an event.");
-    Ok(RecordOutcome::Done {
-        emitted: outbound.len(),
-    })
+    Ok(RecordOutcome::Done { outputs: bodies })
 }
 
 /// Gives a lease back; a failure only delays the next claim until the

@@ -55,6 +55,10 @@ pub struct FailureCause {
     pub step: String,
     /// The service's error message, or the decline.
     pub message: String,
+    /// The failure's code, as `SendTaskFailure` gives it in `Error`; kept
+    /// here too because a `Fail` state reports only the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// The command that failed, whose time and business date the
     /// compensations take, as on the embedded runner.
     #[serde(default)]
@@ -68,6 +72,7 @@ impl FailureCause {
     }
 }
 
+#[derive(Clone)]
 struct MessageHistory<'a> {
     input: String,
     replies: std::collections::BTreeMap<&'a str, (String, String)>,
@@ -126,7 +131,7 @@ pub fn command_from_message(
             ),
         );
     }
-    let signal = match step.source {
+    let step_signal = match step.source {
         Source::Signal { event_type } => signal(event_type).map(|body| (event_type, body)),
         _ => None,
     };
@@ -134,21 +139,50 @@ pub fn command_from_message(
     let cause: Option<FailureCause> = error
         .and_then(|e| e["Cause"].as_str())
         .and_then(|text| serde_json::from_str(text).ok());
-    let history = MessageHistory {
+    let mut history = MessageHistory {
         input: message.input.to_string(),
         replies,
-        signal,
+        signal: step_signal,
         failed: cause.as_ref().and_then(|c| {
             c.command
                 .as_ref()
                 .map(|command| (c.step.clone(), command.to_string()))
         }),
     };
+    // Without a readable cause (an emulator that drops it, or a cause cut
+    // at Step Functions' 32,768-character limit) the failed step is the
+    // first one without an output, since steps run in order; its command
+    // is rebuilt from the outputs before it, as when it was sent.
+    let failed_step = match &cause {
+        Some(cause) => Some(cause.step.clone()),
+        None if message.phase == "compensation" => definition
+            .steps
+            .iter()
+            .find(|s| !message.steps.contains_key(s.name))
+            .map(|s| s.name.to_string()),
+        None => None,
+    };
+    if history.failed.is_none()
+        && let Some(failed) = failed_step
+            .as_deref()
+            .and_then(|name| definition.step(name))
+    {
+        let rebuilt = MessageHistory {
+            signal: match failed.source {
+                Source::Signal { event_type } => signal(event_type).map(|body| (event_type, body)),
+                _ => None,
+            },
+            ..history.clone()
+        };
+        if let Ok(Some(command)) = command_for(failed, &rebuilt) {
+            history.failed = Some((failed.name.to_string(), command));
+        }
+    }
     match message.phase.as_str() {
         "forward" => command_for(step, &history),
         "compensation" => {
             let code = error.and_then(|e| e["Error"].as_str()).unwrap_or("unknown");
-            let failed_step = cause.as_ref().map_or("a step", |c| c.step.as_str());
+            let failed_step = failed_step.as_deref().unwrap_or("a step");
             compensation_for(definition, step, &history, failed_step, code)
                 .map(|event| Some(event.to_json()))
         }

@@ -99,6 +99,7 @@ fn compensation_names_failed_step() {
         step: "acceptance".into(),
         message: "KFS KFS-APP0001-20240607 expired".into(),
         command: Some(fixture("kfs.accepted")),
+        code: None,
     };
     let execution = json!({
         "input": fixture("application.received"),
