@@ -1,4 +1,14 @@
-//! The mechanism service: each loan's ledger.
+//! The mechanism service: sanction, disbursal, the cooling-off exit and
+//! each loan's ledger.
+//!
+//! The origination saga sends it the borrower's `kfs.accepted`. When the
+//! acceptance falls within the KFS's validity, the service sanctions the
+//! loan and emits `loan.sanctioned`. The saga then sends that
+//! `loan.sanctioned` back, and the service disburses the loan on the
+//! accepted quote's terms as `loan.disbursed`. `sanction.cancelled` undoes
+//! a sanction not yet disbursed. `loan.cooling_off_exit.requested`
+//! computes what the borrower repays to leave the loan in its cooling-off
+//! period.
 //!
 //! `loan.disbursed` builds the repayment schedule; `repayment.received` and
 //! `repayment.reversed` update the payments, backdated ones included. The
@@ -14,6 +24,12 @@ use underwrite_domain::{DueDayRule, LoanLedger, Paise, Payment, ProductCatalog, 
 use underwrite_events::payloads::{LoanDisbursed, RepaymentReceived, RepaymentReversed};
 use underwrite_events::{Envelope, EventPayload};
 use underwrite_runtime::service::read_state;
+
+mod origination;
+
+pub use origination::{
+    COOLING_OFF_EXIT_PREFIX, SANCTION_PREFIX, SanctionRecord, cooling_off_exit_key, sanction_key,
+};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite};
 
 /// Key prefix of loan records.
@@ -235,7 +251,16 @@ impl Service for Mechanism {
     }
 
     fn subscriptions(&self) -> &'static [&'static str] {
-        &["loan.disbursed", "repayment.received", "repayment.reversed"]
+        &[
+            "loan.disbursed",
+            "repayment.received",
+            "repayment.reversed",
+            "loan.cooling_off_exit.requested",
+        ]
+    }
+
+    fn commands(&self) -> &'static [&'static str] {
+        &["kfs.accepted", "loan.sanctioned", "sanction.cancelled"]
     }
 
     async fn handle(
@@ -262,6 +287,24 @@ impl Service for Mechanism {
                 if apply_to_record(&mut record, &payload)? {
                     outcome.writes.push(StateWrite::put(key, &record, &read));
                 }
+            }
+            EventPayload::KfsAccepted(accepted) => {
+                return origination::sanction(event, accepted, context).await;
+            }
+            EventPayload::LoanSanctioned(sanctioned) => {
+                return origination::disburse_sanctioned(
+                    &self.products,
+                    event,
+                    sanctioned,
+                    context,
+                )
+                .await;
+            }
+            EventPayload::SanctionCancelled(cancelled) => {
+                return origination::cancel(cancelled, context).await;
+            }
+            EventPayload::CoolingOffExitRequested(request) => {
+                return origination::cooling_off_exit(event, request, context).await;
             }
             _ => {
                 return Err(HandlerError::permanent(

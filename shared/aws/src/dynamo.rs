@@ -156,7 +156,13 @@ enum TxFailure {
 /// these collections goes to the owner's prefix. The consent records are
 /// read by every service that processes personal data, which DPDP Act 2023
 /// s. 6 allows only under active consent for the purpose.
-pub const SHARED_COLLECTIONS: &[(&str, &str)] = &[("consent/", "consent")];
+/// Sanction in the mechanism service reads the KFS the borrower accepted
+/// and the application pricing recorded.
+pub const SHARED_COLLECTIONS: &[(&str, &str)] = &[
+    ("consent/", "consent"),
+    ("kfs/", "kfs"),
+    ("pricing/application/", "pricing"),
+];
 
 /// The collection of saga signals, `saga-signal/<owner>/...`: the service
 /// named after the prefix writes each signal its saga step receives, and

@@ -37,7 +37,7 @@ impl Default for IdentitySettings {
 
 /// Returns the policy written when none exists: each input type from the
 /// ingest edge, from each service the types its handler emits, and from the
-/// origination saga its compensations. mechanism and audit emit none.
+/// origination saga its compensations. audit emits none.
 pub fn default_policy() -> Policy {
     Policy::from_pairs([
         (
@@ -52,9 +52,13 @@ pub fn default_policy() -> Policy {
                 "consent.withdrawn",
                 "risk.scored",
                 "kfs.accepted",
+                "loan.cooling_off_exit.requested",
             ][..],
         ),
-        ("origination", &["quote.withdrawn", "kfs.voided"][..]),
+        (
+            "origination",
+            &["quote.withdrawn", "kfs.voided", "sanction.cancelled"][..],
+        ),
         ("consent", &["consent.expired"][..]),
         ("fraud", &["fraud.alert", "fraud.cleared"][..]),
         ("risk", &["risk.scored"][..]),
@@ -65,7 +69,14 @@ pub fn default_policy() -> Policy {
             "npa",
             &["sma.classified", "npa.bucket.changed", "npa.dlg.triggered"][..],
         ),
-        ("mechanism", &[][..]),
+        (
+            "mechanism",
+            &[
+                "loan.sanctioned",
+                "loan.disbursed",
+                "loan.cooling_off_exit.computed",
+            ][..],
+        ),
         ("audit", &[][..]),
     ])
 }

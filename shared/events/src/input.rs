@@ -138,6 +138,10 @@ pub fn parse_input_line(line: &str) -> Result<Envelope, EventError> {
             p.application_id.to_string(),
             BusinessDate::of_instant(&occurred_at),
         ),
+        EventPayload::CoolingOffExitRequested(p) => (
+            p.loan_id.to_string(),
+            BusinessDate::of_instant(&occurred_at),
+        ),
         other => unreachable!("{:?} is not an input type", other.event_type()),
     };
     let business_date = match raw.business_date {

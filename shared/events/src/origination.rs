@@ -6,7 +6,7 @@ use underwrite_domain::consent::ConsentArtefact;
 use underwrite_domain::fraud::FiredRule;
 use underwrite_domain::pricing::{BorrowerType, LoanPurpose, Quote, RateType, RiskGrade};
 use underwrite_domain::schedule::MAX_TENOR_MONTHS;
-use underwrite_domain::{BusinessDate, Paise};
+use underwrite_domain::{AnnualRate, BusinessDate, Paise};
 
 use crate::ids::{ApplicationId, BorrowerId, ConsentId, LoanId};
 
@@ -436,4 +436,116 @@ impl KfsVoided {
     pub fn validate(&self) -> Result<(), String> {
         check_proposal_number(&self.proposal_number)
     }
+}
+
+/// `loan.sanctioned`: the mechanism service sanctioned a loan on a KFS the
+/// borrower accepted within its validity. The terms are the accepted
+/// quote's; the loan takes the application's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoanSanctioned {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The loan: the same id as the application.
+    pub loan_id: LoanId,
+    /// The borrower.
+    pub borrower_id: BorrowerId,
+    /// Product code, from the application.
+    pub product: String,
+    /// The proposal number of the KFS accepted.
+    pub proposal_number: String,
+    /// The loan amount, on which the schedule runs.
+    pub principal: Paise,
+    /// Nominal rate, percent per year.
+    pub annual_rate: AnnualRate,
+    /// APR as the KFS shows it, to two decimals.
+    pub apr: AnnualRate,
+    /// Number of monthly instalments.
+    pub tenor_months: u32,
+    /// Due date of the first instalment.
+    pub first_due_date: BusinessDate,
+    /// The amount paid out: the principal less the upfront fees.
+    pub net_disbursed: Paise,
+    /// Cooling-off period in days after disbursal, from the KFS.
+    pub cooling_off_days: u32,
+    /// The business date of the sanction.
+    pub sanctioned_on: BusinessDate,
+}
+
+impl LoanSanctioned {
+    /// Checks the rules the types alone do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        check_proposal_number(&self.proposal_number)?;
+        if !self.principal.is_positive() {
+            return Err(format!(
+                "invalid principal {:?}: it must be greater than zero",
+                self.principal.to_string()
+            ));
+        }
+        if self.tenor_months == 0 || self.tenor_months > MAX_TENOR_MONTHS {
+            return Err(format!(
+                "invalid tenor_months {}: it must be between 1 and {MAX_TENOR_MONTHS}",
+                self.tenor_months
+            ));
+        }
+        if self.first_due_date <= self.sanctioned_on {
+            return Err(format!(
+                "invalid first_due_date {}: it must be after sanctioned_on {}",
+                self.first_due_date, self.sanctioned_on
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `sanction.cancelled`: the origination saga cancelled a sanction while
+/// rolling back, because disbursal failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanctionCancelled {
+    /// The application.
+    pub application_id: ApplicationId,
+    /// The loan sanctioned.
+    pub loan_id: LoanId,
+    /// The step that failed and its error code.
+    pub reason: String,
+}
+
+/// `loan.cooling_off_exit.requested`: the borrower asked to leave a loan in
+/// its cooling-off period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoolingOffExitRequested {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The date on which the borrower repays and leaves.
+    pub exit_on: BusinessDate,
+}
+
+/// `loan.cooling_off_exit.computed`: what the borrower pays to leave a loan
+/// in its cooling-off period: the principal and the proportionate APR, with
+/// no penalty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoolingOffExitComputed {
+    /// The loan.
+    pub loan_id: LoanId,
+    /// The borrower.
+    pub borrower_id: BorrowerId,
+    /// The exit date.
+    pub exit_on: BusinessDate,
+    /// The disbursal date.
+    pub disbursed_on: BusinessDate,
+    /// The last day of the cooling-off period.
+    pub last_exit_day: BusinessDate,
+    /// Days from disbursal to exit.
+    pub days_held: u32,
+    /// The principal disbursed.
+    pub principal: Paise,
+    /// The APR of the KFS the borrower accepted.
+    pub apr: AnnualRate,
+    /// The proportionate APR: principal × APR × days held / 365.
+    pub interest: Paise,
+    /// Principal plus interest, the amount to repay.
+    pub total: Paise,
 }

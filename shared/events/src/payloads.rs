@@ -10,6 +10,9 @@ use crate::origination::{
     ApplicationReceived, ConsentExpired, ConsentGranted, ConsentWithdrawn, FeeAssess, FraudAlert,
     FraudCleared, KfsAccepted, KfsVoided, PricingQuoted, QuoteWithdrawn, RiskScored,
 };
+use crate::origination::{
+    CoolingOffExitComputed, CoolingOffExitRequested, LoanSanctioned, SanctionCancelled,
+};
 
 /// The event types of the catalogue, with their wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,11 +57,19 @@ pub enum EventType {
     FraudAlert,
     /// `fraud.cleared`
     FraudCleared,
+    /// `loan.sanctioned`
+    LoanSanctioned,
+    /// `sanction.cancelled`
+    SanctionCancelled,
+    /// `loan.cooling_off_exit.requested`
+    CoolingOffExitRequested,
+    /// `loan.cooling_off_exit.computed`
+    CoolingOffExitComputed,
 }
 
 impl EventType {
     /// Every known type.
-    pub const ALL: [EventType; 20] = [
+    pub const ALL: [EventType; 24] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -79,13 +90,17 @@ impl EventType {
         EventType::KfsVoided,
         EventType::FraudAlert,
         EventType::FraudCleared,
+        EventType::LoanSanctioned,
+        EventType::SanctionCancelled,
+        EventType::CoolingOffExitRequested,
+        EventType::CoolingOffExitComputed,
     ];
 
     /// Types a lender's systems send in (`underwrite run --input`).
     /// `risk.scored` is among them so that a lender's own scorecard can
     /// feed pricing, and `kfs.accepted` so that the lender's front end can
     /// report the borrower's acceptance.
-    pub const INPUT: [EventType; 9] = [
+    pub const INPUT: [EventType; 10] = [
         EventType::LoanDisbursed,
         EventType::RepaymentReceived,
         EventType::RepaymentReversed,
@@ -95,6 +110,7 @@ impl EventType {
         EventType::ConsentWithdrawn,
         EventType::RiskScored,
         EventType::KfsAccepted,
+        EventType::CoolingOffExitRequested,
     ];
 
     /// Returns the wire name, such as `loan.disbursed`.
@@ -120,6 +136,10 @@ impl EventType {
             EventType::KfsVoided => "kfs.voided",
             EventType::FraudAlert => "fraud.alert",
             EventType::FraudCleared => "fraud.cleared",
+            EventType::LoanSanctioned => "loan.sanctioned",
+            EventType::SanctionCancelled => "sanction.cancelled",
+            EventType::CoolingOffExitRequested => "loan.cooling_off_exit.requested",
+            EventType::CoolingOffExitComputed => "loan.cooling_off_exit.computed",
         }
     }
 
@@ -304,6 +324,14 @@ pub enum EventPayload {
     FraudAlert(FraudAlert),
     /// `fraud.cleared`
     FraudCleared(FraudCleared),
+    /// `loan.sanctioned`
+    LoanSanctioned(LoanSanctioned),
+    /// `sanction.cancelled`
+    SanctionCancelled(SanctionCancelled),
+    /// `loan.cooling_off_exit.requested`
+    CoolingOffExitRequested(CoolingOffExitRequested),
+    /// `loan.cooling_off_exit.computed`
+    CoolingOffExitComputed(CoolingOffExitComputed),
 }
 
 impl EventPayload {
@@ -330,6 +358,10 @@ impl EventPayload {
             EventPayload::KfsVoided(_) => EventType::KfsVoided,
             EventPayload::FraudAlert(_) => EventType::FraudAlert,
             EventPayload::FraudCleared(_) => EventType::FraudCleared,
+            EventPayload::LoanSanctioned(_) => EventType::LoanSanctioned,
+            EventPayload::SanctionCancelled(_) => EventType::SanctionCancelled,
+            EventPayload::CoolingOffExitRequested(_) => EventType::CoolingOffExitRequested,
+            EventPayload::CoolingOffExitComputed(_) => EventType::CoolingOffExitComputed,
         }
     }
 
@@ -357,6 +389,10 @@ impl EventPayload {
             EventPayload::KfsVoided(p) => serde_json::to_value(p),
             EventPayload::FraudAlert(p) => serde_json::to_value(p),
             EventPayload::FraudCleared(p) => serde_json::to_value(p),
+            EventPayload::LoanSanctioned(p) => serde_json::to_value(p),
+            EventPayload::SanctionCancelled(p) => serde_json::to_value(p),
+            EventPayload::CoolingOffExitRequested(p) => serde_json::to_value(p),
+            EventPayload::CoolingOffExitComputed(p) => serde_json::to_value(p),
         };
         value.expect("payload types serialise to JSON")
     }
@@ -388,6 +424,14 @@ impl EventPayload {
             EventType::KfsVoided => EventPayload::KfsVoided(typed(payload)?),
             EventType::FraudAlert => EventPayload::FraudAlert(typed(payload)?),
             EventType::FraudCleared => EventPayload::FraudCleared(typed(payload)?),
+            EventType::LoanSanctioned => EventPayload::LoanSanctioned(typed(payload)?),
+            EventType::SanctionCancelled => EventPayload::SanctionCancelled(typed(payload)?),
+            EventType::CoolingOffExitRequested => {
+                EventPayload::CoolingOffExitRequested(typed(payload)?)
+            }
+            EventType::CoolingOffExitComputed => {
+                EventPayload::CoolingOffExitComputed(typed(payload)?)
+            }
         };
         parsed.validate()?;
         Ok(parsed)
@@ -436,6 +480,7 @@ impl EventPayload {
             EventPayload::RiskScored(p) => p.validate(),
             EventPayload::KfsAccepted(p) => p.validate(),
             EventPayload::KfsVoided(p) => p.validate(),
+            EventPayload::LoanSanctioned(p) => p.validate(),
             EventPayload::RepaymentReceived(p) if !p.amount.is_positive() => Err(format!(
                 "invalid amount {:?}: a repayment must be greater than zero",
                 p.amount.to_string()

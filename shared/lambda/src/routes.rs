@@ -18,7 +18,12 @@ pub const SUBSCRIPTIONS: &[(&str, &[&str])] = &[
     ("kfs", &["pricing.quoted", "kfs.accepted"]),
     (
         "mechanism",
-        &["loan.disbursed", "repayment.received", "repayment.reversed"],
+        &[
+            "loan.disbursed",
+            "repayment.received",
+            "repayment.reversed",
+            "loan.cooling_off_exit.requested",
+        ],
     ),
     (
         "fee",

@@ -3,7 +3,8 @@
 //! event. The embedded runner and a Step Functions worker both
 //! call these, so that both executors send the same commands.
 
-use underwrite_events::origination::{KfsVoided, QuoteWithdrawn};
+use underwrite_events::LoanId;
+use underwrite_events::origination::{KfsVoided, QuoteWithdrawn, SanctionCancelled};
 use underwrite_events::{ApplicationId, Envelope, EventPayload, derive_event_id};
 
 use crate::definition::{SagaDefinition, Source, Step};
@@ -158,10 +159,26 @@ pub fn compensation_for(
                 }),
             )
         }
-        // NOTE: the sanction compensation takes its payload from the
-        // mechanism service's events once it sanctions; until then
-        // `SagaRunner::new` rejects a saga whose sanction step is not wired,
-        // so this arm is not reached.
+        "sanction.cancelled" => {
+            let sanctioned = history
+                .reply(step.name)
+                .and_then(|reply| find_event(reply, "loan.sanctioned"))
+                .ok_or_else(|| format!("step {} has no loan.sanctioned", step.name))?;
+            let loan_id = parse(&sanctioned)?.payload["loan_id"]
+                .as_str()
+                .map(LoanId::parse)
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("step {}'s loan.sanctioned has no loan_id", step.name))?;
+            (
+                loan_id.to_string(),
+                EventPayload::SanctionCancelled(SanctionCancelled {
+                    application_id,
+                    loan_id,
+                    reason,
+                }),
+            )
+        }
         other => return Err(format!("no payload is defined for compensation {other}")),
     };
     let position = COMPENSATION_ID_OFFSET + definition.position(step.name).unwrap_or(0) as u32;
