@@ -87,27 +87,17 @@ pub struct Authority {
     policy: Policy,
     keyring_path: PathBuf,
     policy_path: PathBuf,
-    /// SHA-256 digests of (key id, signature, canonical bytes) that passed
-    /// `verify_strict`. The embedded runtime delivers one event to several
-    /// queues of the same process. Verifying the same bytes under the same
-    /// key gives the same result, so a repeat is looked up instead.
+    /// SHA-256 digests of signed event bodies (the JSON text as queued,
+    /// signature and key id included) whose signature passed
+    /// `verify_strict` or was made by this process. The embedded runtime
+    /// delivers one event to several queues of the same process. Parsing is
+    /// deterministic, so the same body bytes give the same envelope and the
+    /// same verification result, and a repeat is looked up instead.
     verified: Mutex<HashSet<[u8; 32]>>,
 }
 
 /// Digests kept before the memo of verified signatures is cleared.
 const VERIFIED_MEMO_LIMIT: usize = 100_000;
-
-/// Computes the memo key of a signature: SHA-256 over the key id, a zero
-/// byte, the 64 signature bytes and the signed message.
-fn memo_digest(key_id: &str, signature: &[u8; 64], message: &[u8]) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(key_id.as_bytes())
-        .chain_update([0])
-        .chain_update(signature)
-        .chain_update(message)
-        .finalize()
-        .into()
-}
 
 impl std::fmt::Debug for Authority {
     // Lists key ids only, so that no private key reaches a log.
@@ -172,9 +162,10 @@ impl Authority {
         self.signers.contains_key(identity)
     }
 
-    /// Signs `event` as `identity`. Fails when this process has no key
-    /// for `identity`, which is a wiring mistake rather than bad input.
-    pub fn sign(&self, identity: &str, event: &mut Envelope) -> Result<(), IdentityError> {
+    /// Signs `event` as `identity` and returns its signed JSON body, the
+    /// text to queue. Fails when this process has no key for `identity`,
+    /// which is a wiring mistake rather than bad input.
+    pub fn sign(&self, identity: &str, event: &mut Envelope) -> Result<String, IdentityError> {
         let signer = self
             .signers
             .get(identity)
@@ -182,13 +173,13 @@ impl Authority {
                 identity: identity.into(),
                 path: PathBuf::from(format!("{identity}.key")),
             })?;
+        signer.sign(event);
         // A signature made here verifies by construction, so the consumers
-        // in this process find it in the memo. Changed bytes change the
-        // digest and are verified in full.
-        let message = canonical_bytes(event);
-        let signature = signer.sign_message(event, &message);
-        self.remember(memo_digest(signer.key_id(), &signature, &message));
-        Ok(())
+        // in this process find its body in the memo. A changed byte changes
+        // the digest and is verified in full.
+        let body = event.to_json();
+        self.remember(Sha256::digest(body.as_bytes()).into());
+        Ok(body)
     }
 
     /// Records a digest that passed verification.
@@ -205,6 +196,14 @@ impl Authority {
 
     /// Verifies the signature, the signer's key and the emitter policy.
     pub fn verify(&self, event: &Envelope) -> Result<(), AuthzError> {
+        self.verify_body(event, event.to_json().as_bytes())
+    }
+
+    /// Verifies `event`, which must be the envelope parsed from `body`: the
+    /// signature over its canonical bytes (looked up by the body's digest
+    /// when these bytes verified before), the signer's key and the emitter
+    /// policy.
+    pub fn verify_body(&self, event: &Envelope, body: &[u8]) -> Result<(), AuthzError> {
         let event_id = || event.id.to_string();
         let key_id = event
             .key_id
@@ -228,26 +227,25 @@ impl Authority {
                 key_id: key_id.into(),
                 keyring: self.keyring_path.clone(),
             })?;
-        let bad_signature = |reason: String| AuthzError::BadSignature {
-            event_id: event_id(),
-            key_id: key_id.into(),
-            reason,
-        };
-        let bytes: [u8; 64] = BASE64
-            .decode(signature)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| bad_signature("not 64 bytes of base64".into()))?;
-        let message = canonical_bytes(event);
-        let digest = memo_digest(key_id, &bytes, &message);
+        let digest: [u8; 32] = Sha256::digest(body).into();
         let seen = self
             .verified
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains(&digest);
         if !seen {
-            key.verify_strict(&message, &Signature::from_bytes(&bytes))
-                .map_err(|_| bad_signature("verification failed".into()))?;
+            let bad_signature = |reason: &str| AuthzError::BadSignature {
+                event_id: event_id(),
+                key_id: key_id.into(),
+                reason: reason.into(),
+            };
+            let bytes: [u8; 64] = BASE64
+                .decode(signature)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| bad_signature("not 64 bytes of base64"))?;
+            key.verify_strict(&canonical_bytes(event), &Signature::from_bytes(&bytes))
+                .map_err(|_| bad_signature("verification failed"))?;
             self.remember(digest);
         }
         if event.source != *identity {

@@ -114,6 +114,40 @@ fn signature_is_deterministic_and_verifies() {
 }
 
 #[test]
+fn changed_body_is_checked_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyDir::new(dir.path());
+    let authority = Authority::load(&keys, &["input"], true, &policy()).unwrap();
+    let mut event = repayment();
+    let body = authority.sign("input", &mut event).unwrap();
+    assert_eq!(body, event.to_json());
+    let parsed = Envelope::from_slice(body.as_bytes()).unwrap();
+    authority.verify_body(&parsed, body.as_bytes()).unwrap();
+
+    let changed = body.replace("5000.00", "50000.00");
+    let parsed = Envelope::from_slice(changed.as_bytes()).unwrap();
+    let error = authority
+        .verify_body(&parsed, changed.as_bytes())
+        .unwrap_err();
+    assert_eq!(error.code(), "authz_bad_signature");
+    assert!(error.to_string().contains("verification failed"), "{error}");
+
+    // Another process with the same keys has none of these bodies in its
+    // memo, so it runs the full check, and it passes.
+    let other = Authority::load(&keys, &["input"], false, &policy()).unwrap();
+    let parsed = Envelope::from_slice(body.as_bytes()).unwrap();
+    other.verify_body(&parsed, body.as_bytes()).unwrap();
+    let parsed = Envelope::from_slice(changed.as_bytes()).unwrap();
+    assert_eq!(
+        other
+            .verify_body(&parsed, changed.as_bytes())
+            .unwrap_err()
+            .code(),
+        "authz_bad_signature"
+    );
+}
+
+#[test]
 fn each_rejection_has_its_code() {
     let dir = tempfile::tempdir().unwrap();
     let keys = KeyDir::new(dir.path());

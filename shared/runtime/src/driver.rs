@@ -190,26 +190,33 @@ impl EmbeddedRuntime {
         Ok(())
     }
 
-    /// Checks the event's signature and the emitter policy, when verification is on.
-    fn verify(&self, event: &Envelope) -> Result<(), HandlerError> {
+    /// Checks the signature and the emitter policy of `event`, parsed from
+    /// `body`, when verification is on.
+    fn verify(&self, event: &Envelope, body: &str) -> Result<(), HandlerError> {
         match &self.authority {
             Some(authority) => authority
-                .verify(event)
+                .verify_body(event, body.as_bytes())
                 .map_err(|error| HandlerError::permanent(error.code(), error.to_string())),
             None => Ok(()),
         }
     }
 
-    /// Signs a handler's outputs with the handling service's key.
-    fn sign_outputs(&self, service: &str, events: &mut [Envelope]) -> Result<(), HandlerError> {
-        if let Some(authority) = &self.authority {
-            for event in events {
-                authority.sign(service, event).map_err(|error| {
+    /// Signs a handler's outputs with the handling service's key, when
+    /// signing is on, and returns their JSON bodies.
+    fn sign_outputs(
+        &self,
+        service: &str,
+        events: &mut [Envelope],
+    ) -> Result<Vec<String>, HandlerError> {
+        events
+            .iter_mut()
+            .map(|event| match &self.authority {
+                Some(authority) => authority.sign(service, event).map_err(|error| {
                     HandlerError::permanent("authz_no_signing_key", error.to_string())
-                })?;
-            }
-        }
-        Ok(())
+                }),
+                None => Ok(event.to_json()),
+            })
+            .collect()
     }
 
     /// Replaces the clock that backoff and circuit breakers read.
@@ -298,34 +305,32 @@ impl EmbeddedRuntime {
         self.store.send_many_with_writes(&messages, writes)
     }
 
-    /// Routes the outputs of a saga command, leaving out the queues the saga
-    /// itself sends them to (see `register_saga_commands`).
+    /// Routes the outputs of a saga command, given with their JSON bodies,
+    /// leaving out the queues the saga itself sends them to (see
+    /// `register_saga_commands`).
     pub fn route_saga_outputs(
         &self,
         events: &[Envelope],
+        bodies: Vec<String>,
     ) -> Vec<(Vec<&'static str>, String, String)> {
-        events
-            .iter()
-            .map(|event| {
-                (
-                    self.saga_routes(&event.event_type),
-                    event.id.to_string(),
-                    event.to_json(),
-                )
-            })
-            .collect()
+        Self::route_bodies(events, bodies, |event_type| self.saga_routes(event_type))
     }
 
     fn route_all(&self, events: &[Envelope]) -> Vec<(Vec<&'static str>, String, String)> {
+        let bodies = events.iter().map(Envelope::to_json).collect();
+        Self::route_bodies(events, bodies, |event_type| self.routes(event_type))
+    }
+
+    /// Pairs each event's queues, found by `routes`, and id with its JSON body.
+    fn route_bodies(
+        events: &[Envelope],
+        bodies: Vec<String>,
+        routes: impl Fn(&str) -> Vec<&'static str>,
+    ) -> Vec<(Vec<&'static str>, String, String)> {
         events
             .iter()
-            .map(|event| {
-                (
-                    self.routes(&event.event_type),
-                    event.id.to_string(),
-                    event.to_json(),
-                )
-            })
+            .zip(bodies)
+            .map(|(event, body)| (routes(&event.event_type), event.id.to_string(), body))
             .collect()
     }
 
@@ -538,13 +543,20 @@ impl EmbeddedRuntime {
         totals: &mut Progress,
     ) -> Result<(), StoreError> {
         let queue = service.name();
-        let event = match Envelope::from_slice(message.body.as_bytes()).or_else(|error| {
-            // A claim-check reference published through the ports names its body.
-            self.store
-                .claimed_body(&message.body)
-                .map_or(Err(error), |body| Envelope::from_slice(body.as_bytes()))
-        }) {
-            Ok(event) => event,
+        // The body the event was parsed from is kept: verification looks its
+        // digest up in the memo of bodies already checked.
+        let parsed = Envelope::from_slice(message.body.as_bytes())
+            .map(|event| (event, None))
+            .or_else(|error| {
+                // A claim-check reference published through the ports names its body.
+                self.store
+                    .claimed_body(&message.body)
+                    .map_or(Err(error), |body| {
+                        Envelope::from_slice(body.as_bytes()).map(|event| (event, Some(body)))
+                    })
+            });
+        let (event, claimed) = match parsed {
+            Ok(parsed) => parsed,
             Err(error) => {
                 warn!(service = queue, message_id = %message.message_id, error_code = "invalid_event", %error, "Rejected an invalid event to the dead-letter queue.");
                 if let Some(token) = &message.task_token {
@@ -574,7 +586,7 @@ impl EmbeddedRuntime {
         );
         async {
             // Each delivered record is verified once, before anything reads it.
-            let verified = self.verify(&event);
+            let verified = self.verify(&event, claimed.as_deref().unwrap_or(&message.body));
             // NOTE: the embedded runtime runs one consumer per queue, so no
             // in-progress lease is taken before handling; a duplicate can only
             // be a completed event. Concurrent consumers need the lease.
@@ -625,17 +637,17 @@ impl EmbeddedRuntime {
                         });
                     self.metrics.record_duration(queue, &event.event_type, started.elapsed().as_micros() as u64);
                     result.and_then(|mut outcome| {
-                        self.sign_outputs(queue, &mut outcome.emits)?;
-                        Ok(outcome)
+                        let bodies = self.sign_outputs(queue, &mut outcome.emits)?;
+                        Ok((outcome, bodies))
                     })
                 }
             };
             let error = match result {
-                Ok(outcome) => {
+                Ok((outcome, bodies)) => {
                     let outputs = if message.task_token.is_some() {
-                        self.route_saga_outputs(&outcome.emits)
+                        self.route_saga_outputs(&outcome.emits, bodies)
                     } else {
-                        self.route_all(&outcome.emits)
+                        Self::route_bodies(&outcome.emits, bodies, |event_type| self.routes(event_type))
                     };
                     let committed = self.store.commit(queue, message, event.id.as_str(), &outcome.writes, &outputs);
                     self.count_store_error(&committed);

@@ -299,29 +299,9 @@ impl SqliteStore {
         outputs: &[(Vec<&str>, String, String)],
     ) -> Result<CommitResult, StoreError> {
         let message_seq = message.seq;
-        let mut connection = self.lock();
-        let tx = connection.savepoint().map_err(unavailable)?;
+        let connection = self.lock();
+        let tx = RecordSavepoint::open(&connection)?;
         let now = now_ms();
-        let done: Option<String> = tx
-            .prepare_cached("SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2")
-            .map_err(unavailable)?
-            .query_row(params![service, event_id], |row| row.get(0))
-            .optional()
-            .map_err(unavailable)?;
-        if let Some(stored_outputs) = done {
-            if let Some(token) = &message.task_token {
-                insert_answer(&tx, token, None, &stored_outputs, now)?;
-            }
-            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
-                .map_err(unavailable)?
-                .execute([message_seq])
-                .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            return Ok(CommitResult::Duplicate);
-        }
-        for write in writes {
-            apply_write(&tx, write, now)?;
-        }
         // The outputs are JSON texts already, so the array is joined as text.
         let mut output_array = String::with_capacity(
             2 + outputs
@@ -337,9 +317,34 @@ impl SqliteStore {
             output_array.push_str(body);
         }
         output_array.push(']');
-        tx.prepare_cached("INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4)").map_err(unavailable)?.execute(params![service, event_id, output_array, now],
-        )
-        .map_err(unavailable)?;
+        // The idempotency record goes first: its primary key finds an event
+        // already complete, and then nothing else is applied.
+        let inserted = tx
+            .prepare_cached("INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4) ON CONFLICT (service, event_id) DO NOTHING")
+            .map_err(unavailable)?
+            .execute(params![service, event_id, output_array, now])
+            .map_err(unavailable)?;
+        if inserted == 0 {
+            if let Some(token) = &message.task_token {
+                let stored_outputs: String = tx
+                    .prepare_cached(
+                        "SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2",
+                    )
+                    .map_err(unavailable)?
+                    .query_row(params![service, event_id], |row| row.get(0))
+                    .map_err(unavailable)?;
+                insert_answer(&tx, token, None, &stored_outputs, now)?;
+            }
+            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+                .map_err(unavailable)?
+                .execute([message_seq])
+                .map_err(unavailable)?;
+            tx.release()?;
+            return Ok(CommitResult::Duplicate);
+        }
+        for write in writes {
+            apply_write(&tx, write, now)?;
+        }
         for (queues, id, body) in outputs {
             enqueue(&tx, queues, id, body, now)?;
         }
@@ -350,7 +355,7 @@ impl SqliteStore {
             .map_err(unavailable)?
             .execute([message_seq])
             .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        tx.release()?;
         Ok(CommitResult::Committed)
     }
 
@@ -434,8 +439,8 @@ impl SqliteStore {
         settings: &QueueSettings,
         retry_after_ms: u64,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.lock();
-        let tx = connection.savepoint().map_err(unavailable)?;
+        let connection = self.lock();
+        let tx = RecordSavepoint::open(&connection)?;
         let now = now_ms();
         let dead = permanent || message.receive_count >= settings.max_receive_count;
         if dead {
@@ -471,7 +476,7 @@ impl SqliteStore {
             ])
             .map_err(unavailable)?;
         }
-        tx.commit().map_err(unavailable)?;
+        tx.release()?;
         Ok(dead)
     }
 
@@ -631,6 +636,59 @@ impl SqliteStore {
             .map(|_| ())
             .map_err(unavailable)
     }
+}
+
+/// A savepoint around one record's changes, opened and closed through
+/// cached statements so that it costs no SQL parsing per record. Inside the
+/// batch transaction it nests; outside one it is its own transaction.
+/// Dropped without `release`, it rolls its changes back.
+struct RecordSavepoint<'c> {
+    connection: &'c Connection,
+    released: bool,
+}
+
+impl<'c> RecordSavepoint<'c> {
+    fn open(connection: &'c Connection) -> Result<Self, StoreError> {
+        run_cached(connection, "SAVEPOINT record")?;
+        Ok(RecordSavepoint {
+            connection,
+            released: false,
+        })
+    }
+
+    /// Keeps the changes: commits them when no batch transaction is open.
+    fn release(mut self) -> Result<(), StoreError> {
+        self.released = true;
+        run_cached(self.connection, "RELEASE record")
+    }
+}
+
+impl std::ops::Deref for RecordSavepoint<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+    }
+}
+
+impl Drop for RecordSavepoint<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            // A failed rollback leaves the savepoint open; the batch's own
+            // rollback then discards it with everything else.
+            let _ = run_cached(self.connection, "ROLLBACK TO record")
+                .and_then(|()| run_cached(self.connection, "RELEASE record"));
+        }
+    }
+}
+
+fn run_cached(connection: &Connection, sql: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(sql)
+        .map_err(unavailable)?
+        .execute([])
+        .map_err(unavailable)
+        .map(|_| ())
 }
 
 fn enqueue(

@@ -223,3 +223,55 @@ async fn unknown_service_is_named() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn commit_of_a_completed_event_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let settings = QueueSettings::default();
+    let body = payment("a").to_json();
+    let write = |value: &str| StateWrite {
+        key: "probe/a".into(),
+        value: Some(value.into()),
+        expected: underwrite_runtime::Expected::Any,
+    };
+
+    // A conflicting write rolls the whole record back, its idempotency
+    // record included, so the event can still complete afterwards.
+    store.send(&["probe"], "event-a", &body).unwrap();
+    let first = store.receive("probe", &settings).unwrap().remove(0);
+    let stale = StateWrite {
+        key: "probe/a".into(),
+        value: Some("0".into()),
+        expected: underwrite_runtime::Expected::Version(7),
+    };
+    let error = store
+        .commit("probe", first.seq, "event-a", &[stale], &[])
+        .unwrap_err();
+    assert!(error.to_string().contains("probe/a"), "{error}");
+    assert!(!store.is_complete("probe", "event-a").unwrap());
+    let committed = store
+        .commit("probe", first.seq, "event-a", &[write("1")], &[])
+        .unwrap();
+    assert_eq!(
+        committed,
+        underwrite_runtime::sqlite::CommitResult::Committed
+    );
+    assert!(store.is_complete("probe", "event-a").unwrap());
+
+    // The same event delivered again deletes its message and applies
+    // neither its writes nor its outputs.
+    store.send(&["probe"], "event-a", &body).unwrap();
+    let again = store.receive("probe", &settings).unwrap().remove(0);
+    let outputs = vec![(vec!["probe"], "event-b".to_string(), payment("b").to_json())];
+    let duplicate = store
+        .commit("probe", again.seq, "event-a", &[write("2")], &outputs)
+        .unwrap();
+    assert_eq!(
+        duplicate,
+        underwrite_runtime::sqlite::CommitResult::Duplicate
+    );
+    assert_eq!(store.queue_depth("probe").unwrap(), (0, 0));
+    let stored = Store::get(&store, "probe/a").await.unwrap().unwrap();
+    assert_eq!((stored.json.as_str(), stored.version), ("1", 1));
+}
