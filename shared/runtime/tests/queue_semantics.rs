@@ -246,12 +246,12 @@ async fn commit_of_a_completed_event_applies_nothing() {
         expected: underwrite_runtime::Expected::Version(7),
     };
     let error = store
-        .commit("probe", first.seq, "event-a", &[stale], &[])
+        .commit("probe", &first, "event-a", &[stale], &[])
         .unwrap_err();
     assert!(error.to_string().contains("probe/a"), "{error}");
     assert!(!store.is_complete("probe", "event-a").unwrap());
     let committed = store
-        .commit("probe", first.seq, "event-a", &[write("1")], &[])
+        .commit("probe", &first, "event-a", &[write("1")], &[])
         .unwrap();
     assert_eq!(
         committed,
@@ -265,7 +265,7 @@ async fn commit_of_a_completed_event_applies_nothing() {
     let again = store.receive("probe", &settings).unwrap().remove(0);
     let outputs = vec![(vec!["probe"], "event-b".to_string(), payment("b").to_json())];
     let duplicate = store
-        .commit("probe", again.seq, "event-a", &[write("2")], &outputs)
+        .commit("probe", &again, "event-a", &[write("2")], &outputs)
         .unwrap();
     assert_eq!(
         duplicate,
