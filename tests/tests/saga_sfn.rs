@@ -8,8 +8,8 @@
 //! does not name. Each case must end the same way on both: status, failed
 //! step and code, the KFS issued, and what the compensations changed.
 //!
-//! The saga runs from consent to the borrower's acceptance, the steps whose
-//! services build their answers from the application alone.
+//! The saga runs every step, consent to disbursal, with the bundled
+//! scorecard.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use underwrite_audit::Audit;
 use underwrite_aws::{AwsBackend, DynamoStore, StepFunctionsTasks};
 use underwrite_consent::Consent;
+use underwrite_domain::ProductCatalog;
 use underwrite_domain::fraud::FraudPolicy;
 use underwrite_domain::pricing::{PricingPolicy, RiskGrade};
 use underwrite_events::{Envelope, parse_input_line};
@@ -28,6 +29,7 @@ use underwrite_fraud::Fraud;
 use underwrite_kfs::{KfsService, KfsSettings, StoredKfs, kfs_key};
 use underwrite_lambda::saga_task::{SagaTasks, wait_key};
 use underwrite_lambda::{BatchSettings, Function, handle_batch};
+use underwrite_mechanism::{Mechanism, loan_key, sanction_key};
 use underwrite_pricing::{Pricing, Withdrawal, withdrawn_key};
 use underwrite_risk::Risk;
 use underwrite_runtime::ports::{Bus, Outbound, PortError, TaskAnswers};
@@ -41,19 +43,21 @@ use underwrite_tests::origination::{
 };
 
 /// The services of the saga's steps, and audit, which sees every event.
-const SERVICES: [&str; 6] = ["consent", "fraud", "risk", "pricing", "kfs", "audit"];
+const SERVICES: [&str; 7] = [
+    "consent",
+    "fraud",
+    "risk",
+    "pricing",
+    "kfs",
+    "mechanism",
+    "audit",
+];
 
 /// How long one case may take on Step Functions.
 const CASE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The origination saga up to the borrower's acceptance.
 fn definition() -> SagaDefinition {
-    let full = origination();
-    let end = full.position("acceptance").expect("acceptance step") + 1;
-    SagaDefinition {
-        steps: full.steps[..end].to_vec(),
-        ..full
-    }
+    origination()
 }
 
 /// The Annex B tariff with a rate for every grade the bundled scorecard
@@ -75,6 +79,7 @@ fn service(name: &str) -> Arc<dyn Service> {
         "risk" => Arc::new(Risk::bundled()),
         "pricing" => Arc::new(Pricing::new(policy())),
         "kfs" => Arc::new(KfsService::new(KfsSettings::default())),
+        "mechanism" => Arc::new(Mechanism::new(ProductCatalog::default())),
         "audit" => Arc::new(Audit),
         other => panic!("no service {other}"),
     }
@@ -161,6 +166,9 @@ struct Ending {
     html: Option<(String, String)>,
     /// The withdrawn quote's reason and date.
     quote_withdrawn: Option<(String, String)>,
+    /// The mechanism service's sanction record and loan ledger.
+    sanction: Option<String>,
+    loan: Option<String>,
 }
 
 async fn read_kfs(store: &dyn Store, id: &str) -> (Option<Value>, Option<(String, String)>) {
@@ -176,6 +184,10 @@ async fn read_kfs(store: &dyn Store, id: &str) -> (Option<Value>, Option<(String
         Some(value),
         Some((digest(&stored.html_en), digest(&stored.html_hi))),
     )
+}
+
+async fn read_json(store: &dyn Store, key: &str) -> Option<String> {
+    store.get(key).await.unwrap().map(|found| found.json)
 }
 
 async fn read_withdrawal(store: &dyn Store, id: &str) -> Option<(String, String)> {
@@ -231,6 +243,8 @@ async fn run_embedded(case: &Case) -> Ending {
         kfs,
         html,
         quote_withdrawn: read_withdrawal(store, id).await,
+        sanction: read_json(store, &sanction_key(id)).await,
+        loan: read_json(store, &loan_key(id)).await,
     }
 }
 
@@ -558,6 +572,15 @@ async fn run_step_functions(endpoint: &str, case: &Case) -> Ending {
         &deployment.stack.config,
         "pricing",
     );
+    let mechanism_store = DynamoStore::new(
+        deployment.stack.clients.dynamodb.clone(),
+        Arc::new(underwrite_aws::S3Objects::new(
+            deployment.stack.clients.s3.clone(),
+            deployment.stack.config.bucket.clone(),
+        )),
+        &deployment.stack.config,
+        "mechanism",
+    );
     let (kfs, html) = read_kfs(&kfs_store, &id).await;
     Ending {
         status,
@@ -566,6 +589,8 @@ async fn run_step_functions(endpoint: &str, case: &Case) -> Ending {
         kfs,
         html,
         quote_withdrawn: read_withdrawal(&pricing_store, &id).await,
+        sanction: read_json(&mechanism_store, &sanction_key(&id)).await,
+        loan: read_json(&mechanism_store, &loan_key(&id)).await,
     }
 }
 
@@ -600,6 +625,7 @@ async fn cases_cover_each_ending() {
             ending.failure_code,
             ending.kfs.is_some(),
             ending.quote_withdrawn.is_some(),
+            ending.loan.is_some(),
         ));
     }
     let expected = vec![
@@ -610,12 +636,14 @@ async fn cases_cover_each_ending() {
             None,
             true,
             false,
+            true,
         ),
         (
             "PAN fails the format rule",
             "rolled_back",
             Some("fraud".to_string()),
             Some("fraud.alert".to_string()),
+            false,
             false,
             false,
         ),
@@ -626,6 +654,7 @@ async fn cases_cover_each_ending() {
             Some("consent_withdrawn".to_string()),
             true,
             true,
+            false,
         ),
         (
             "accepted after the KFS expired",
@@ -634,6 +663,7 @@ async fn cases_cover_each_ending() {
             Some("kfs_expired".to_string()),
             true,
             true,
+            false,
         ),
     ];
     assert_eq!(endings, expected);
