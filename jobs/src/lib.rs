@@ -11,5 +11,6 @@
 pub mod day_end;
 pub mod german_credit;
 pub mod lake;
+pub mod ledgers;
 pub mod report;
 pub mod scorecard;

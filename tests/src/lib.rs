@@ -4,6 +4,7 @@
 pub mod contract;
 pub mod moto;
 pub mod origination;
+pub mod poller;
 pub mod python;
 
 use std::sync::Arc;

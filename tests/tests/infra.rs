@@ -158,6 +158,68 @@ fn queue_problems(template: &Value) -> Vec<String> {
     problems
 }
 
+/// The variables a function reads at start-up with `UNDERWRITE_BACKEND=aws`
+/// (the AWS region comes from Lambda itself).
+const AWS_BACKEND_VARIABLES: [&str; 4] = [
+    "UNDERWRITE_STATE_TABLE",
+    "UNDERWRITE_IDEMPOTENCY_TABLE",
+    "UNDERWRITE_BUCKET",
+    "UNDERWRITE_QUEUE_PREFIX",
+];
+
+/// Checks each function's environment (the Globals' variables overlaid by
+/// its own) against what the function reads at start-up. That is the AWS
+/// backend with its tables, bucket and queue prefix, and both signing
+/// secrets. A function fed by a queue also needs a
+/// `UNDERWRITE_MAX_RECEIVE_COUNT` equal to the queue's `maxReceiveCount`.
+fn environment_problems(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let globals = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let queues = of_type(template, "AWS::SQS::Queue");
+    for (name, function) in of_type(template, "AWS::Serverless::Function") {
+        let mut variables = globals.clone();
+        if let Some(own) = function["Properties"]["Environment"]["Variables"].as_object() {
+            variables.extend(own.clone());
+        }
+        if variables.get("UNDERWRITE_BACKEND") != Some(&json!("aws")) {
+            problems.push(format!("{name}: UNDERWRITE_BACKEND is not aws"));
+        }
+        for variable in AWS_BACKEND_VARIABLES
+            .iter()
+            .chain(&["UNDERWRITE_SIGNING_KEY_SECRET", "UNDERWRITE_KEYRING_SECRET"])
+        {
+            if !variables.contains_key(*variable) {
+                problems.push(format!("{name}: {variable} is not set"));
+            }
+        }
+        let events = function["Properties"]["Events"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for event in events.values().filter(|e| e["Type"] == "SQS") {
+            let Some(queue) = target(&event["Properties"]["Queue"]).and_then(|q| queues.get(q))
+            else {
+                continue;
+            };
+            let limit = &queue["Properties"]["RedrivePolicy"]["maxReceiveCount"];
+            let limit = limit.as_i64().map(|n| n.to_string());
+            let setting = variables
+                .get("UNDERWRITE_MAX_RECEIVE_COUNT")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if setting != limit {
+                problems.push(format!(
+                    "{name}: UNDERWRITE_MAX_RECEIVE_COUNT {setting:?} differs from its queue's maxReceiveCount {limit:?}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// Checks that no resource in an `Allow` statement is a wildcard. A `*` is
 /// allowed only as the last segment after a concrete prefix, as in
 /// `${Bucket.Arn}/audit/*`.
@@ -387,6 +449,12 @@ fn stage_parameter_names_resources() {
 }
 
 #[test]
+fn every_function_gets_aws_settings() {
+    let template = template();
+    assert_eq!(environment_problems(&template), Vec::<String>::new());
+}
+
+#[test]
 fn checks_catch_broken_templates() {
     let mut template = template();
     let resources = template["Resources"].as_object_mut().unwrap();
@@ -405,6 +473,12 @@ fn checks_catch_broken_templates() {
         .remove("PointInTimeRecoverySpecification");
     resources["DataBucket"]["Properties"]["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] =
         json!(false);
+    resources["FeeFunction"]["Properties"]["Environment"]["Variables"]
+        .as_object_mut()
+        .unwrap()
+        .remove("UNDERWRITE_KEYRING_SECRET");
+    template["Globals"]["Function"]["Environment"]["Variables"]["UNDERWRITE_MAX_RECEIVE_COUNT"] =
+        json!("3");
 
     let queues = queue_problems(&template);
     assert!(
@@ -425,6 +499,17 @@ fn checks_catch_broken_templates() {
             .iter()
             .any(|p| p.contains("wildcard resource \"*\"")),
         "{wildcards:?}"
+    );
+    let environment = environment_problems(&template);
+    assert!(
+        environment.contains(&"FeeFunction: UNDERWRITE_KEYRING_SECRET is not set".to_string()),
+        "{environment:?}"
+    );
+    assert!(
+        environment
+            .iter()
+            .any(|p| p.contains("NpaFunction: UNDERWRITE_MAX_RECEIVE_COUNT")),
+        "{environment:?}"
     );
     let stores = store_problems(&template);
     assert!(

@@ -213,9 +213,37 @@ impl AwsConfig {
                 }
             }
         }
-        config.validate()?;
+        config.validate().map_err(|mut error| {
+            error.key = variable_of(&error.key);
+            error
+        })?;
         Ok(config)
     }
+}
+
+/// Returns the environment variable that sets a setting of
+/// `underwrite.json`'s `aws` section, so that a function's start-up error
+/// names what to change.
+fn variable_of(key: &str) -> String {
+    let variable = match key {
+        "aws.endpoint_url" => "AWS_ENDPOINT_URL",
+        "aws.region" => "AWS_REGION",
+        "aws.state_table" => "UNDERWRITE_STATE_TABLE",
+        "aws.idempotency_table" => "UNDERWRITE_IDEMPOTENCY_TABLE",
+        "aws.bucket" => "UNDERWRITE_BUCKET",
+        "aws.queue_prefix" => "UNDERWRITE_QUEUE_PREFIX",
+        "aws.claim_check_bytes" => "UNDERWRITE_CLAIM_CHECK_BYTES",
+        _ => match key.strip_prefix("aws.queues.") {
+            Some(queue) => {
+                return format!(
+                    "UNDERWRITE_QUEUE_{}",
+                    queue.to_ascii_uppercase().replace('-', "_")
+                );
+            }
+            None => return key.to_string(),
+        },
+    };
+    variable.to_string()
 }
 
 /// The SDK clients, built once per process (a Lambda cold start) and shared
@@ -354,5 +382,16 @@ mod tests {
             "lots".to_string(),
         )]);
         assert_eq!(bad.unwrap_err().key, "UNDERWRITE_CLAIM_CHECK_BYTES");
+        let no_bucket = AwsConfig::from_vars([]).unwrap_err();
+        assert_eq!(no_bucket.key, "UNDERWRITE_BUCKET");
+        let bad_queue = AwsConfig::from_vars(
+            [
+                ("UNDERWRITE_BUCKET", "underwrite-dev-data"),
+                ("UNDERWRITE_QUEUE_NPA_DLQ", "underwrite-dev-npa-dlq"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap_err();
+        assert_eq!(bad_queue.key, "UNDERWRITE_QUEUE_NPA_DLQ");
     }
 }

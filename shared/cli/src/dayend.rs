@@ -5,17 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use underwrite_domain::ledger::LedgerIndex;
-use underwrite_domain::provisioning::is_unsecured_exposure;
 use underwrite_domain::{BusinessDate, Paise};
-use underwrite_jobs::day_end::{JobPolicy, run_day_end};
-use underwrite_jobs::lake::{PositionRow, write_positions};
-use underwrite_jobs::report::{ReportSummary, npa_report};
-use underwrite_mechanism::{LOAN_PREFIX, LoanRecord};
-use underwrite_runtime::Store;
+use underwrite_jobs::day_end::{DayEndSummary, JobPolicy};
+use underwrite_jobs::ledgers::{
+    classify_range, first_disbursal, load_loans, npa_report_from_loans,
+};
+use underwrite_jobs::report::ReportSummary;
+use underwrite_mechanism::LoanRecord;
 
 use crate::config::Config;
 
@@ -52,119 +51,69 @@ pub fn job_policy(config: &Config) -> JobPolicy {
     }
 }
 
-/// Loads every loan record in the store, by loan id.
-pub async fn load_loans(store: &dyn Store) -> anyhow::Result<Vec<LoanRecord>> {
-    let mut loans = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.scan(LOAN_PREFIX, after.as_deref(), 1000).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
-        for (key, read) in page {
-            let record: LoanRecord = read
-                .parse(&key)
-                .with_context(|| format!("stored value at key {key:?} is not a loan record"))?;
-            loans.push(record);
-        }
-    }
-    Ok(loans)
-}
-
-/// Positions of the loans live at the end of `as_of`: disbursed on or before
-/// it and with principal outstanding or an amount overdue.
-/// `indexes` holds each loan's running totals, in the order of `loans`, so
-/// that a range of dates builds them once.
-pub fn positions_on(
-    loans: &[LoanRecord],
-    indexes: &[LedgerIndex<'_>],
-    as_of: BusinessDate,
-) -> Vec<PositionRow> {
-    loans
-        .iter()
-        .zip(indexes)
-        .filter(|(loan, _)| loan.terms.disbursed_on <= as_of)
-        .filter_map(|(loan, index)| {
-            let position = index.position(as_of);
-            if position.outstanding_principal == Paise::ZERO && position.overdue == Paise::ZERO {
-                return None;
-            }
-            Some(PositionRow {
-                loan_id: loan.terms.loan_id.to_string(),
-                borrower_id: loan.terms.borrower_id.to_string(),
-                oldest_unpaid_due: position.oldest_unpaid_due,
-                overdue: position.overdue,
-                outstanding_principal: position.outstanding_principal,
-                secured_value: loan.terms.secured_value,
-                unsecured_exposure: is_unsecured_exposure(
-                    loan.terms.principal,
-                    loan.terms.secured_value,
-                ),
-                loss_identified: false,
-            })
-        })
-        .collect()
-}
-
-/// Principal outstanding over every loan at the end of `as_of`, straight
-/// from the ledgers: what the report's total must reconcile to.
-pub fn ledger_outstanding(loans: &[LoanRecord], as_of: BusinessDate) -> Paise {
-    loans
-        .iter()
-        .filter(|loan| loan.terms.disbursed_on <= as_of)
-        .map(|loan| loan.ledger.position(as_of).outstanding_principal)
-        .sum()
-}
-
 /// Exports positions and runs the day-end job for every date from `from` to
-/// `to`, showing progress. Each date's snapshot carries NPA status to the
-/// next, so a range is run in date order.
+/// `to`, showing progress.
 pub fn run_range(
     config: &Config,
     loans: &[LoanRecord],
     from: BusinessDate,
     to: BusinessDate,
 ) -> anyhow::Result<usize> {
-    if from > to {
-        bail!("invalid range: --from {from} is after --to {to}");
-    }
     let policy = job_policy(config);
-    let days = to.days_since(from) as u64 + 1;
-    let bar = ProgressBar::new(days);
-    bar.set_style(
-        ProgressStyle::with_template("day-end {bar:30} {pos}/{len} days, {msg}")
-            .expect("template is valid"),
-    );
-    let indexes: Vec<LedgerIndex<'_>> = loans.iter().map(|loan| loan.ledger.index()).collect();
-    let mut day = from;
-    let mut last_report = std::time::Instant::now();
-    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    while day <= to {
-        let rows = positions_on(loans, &indexes, day);
-        write_positions(&config.lake_path, day, &rows)
-            .with_context(|| format!("Failed to export positions for {day}"))?;
-        let summary = run_day_end(&config.lake_path, day, &policy)
-            .with_context(|| format!("Failed to run day-end for {day}"))?;
-        bar.set_message(format!(
+    let mut progress = DayEndProgress::new(from, to);
+    let days = classify_range(&config.lake_path, &policy, loans, from, to, |summary| {
+        progress.day_done(summary)
+    })?;
+    progress.finish();
+    Ok(days)
+}
+
+/// A progress bar over a range of dates, or a line every 5 s when stderr
+/// is not a terminal.
+struct DayEndProgress {
+    bar: ProgressBar,
+    last_report: std::time::Instant,
+    interactive: bool,
+}
+
+impl DayEndProgress {
+    fn new(from: BusinessDate, to: BusinessDate) -> Self {
+        let days = if from > to {
+            0
+        } else {
+            to.days_since(from) as u64 + 1
+        };
+        let bar = ProgressBar::new(days);
+        bar.set_style(
+            ProgressStyle::with_template("day-end {bar:30} {pos}/{len} days, {msg}")
+                .expect("template is valid"),
+        );
+        DayEndProgress {
+            bar,
+            last_report: std::time::Instant::now(),
+            interactive: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    fn day_done(&mut self, summary: &DayEndSummary) {
+        let day = summary.as_of;
+        self.bar.set_message(format!(
             "{day}: {} loans, {} changes",
             summary.loans, summary.changes
         ));
-        bar.inc(1);
-        if !interactive && last_report.elapsed().as_secs() >= 5 {
+        self.bar.inc(1);
+        if !self.interactive && self.last_report.elapsed().as_secs() >= 5 {
             eprintln!(
                 "day-end: {day} done ({} loans, {} changes)",
                 summary.loans, summary.changes
             );
-            last_report = std::time::Instant::now();
+            self.last_report = std::time::Instant::now();
         }
-        day = day.succ();
     }
-    bar.finish_and_clear();
-    Ok(days as usize)
-}
 
-/// Finds the earliest disbursal date in the book.
-pub fn first_disbursal(loans: &[LoanRecord]) -> Option<BusinessDate> {
-    loans.iter().map(|loan| loan.terms.disbursed_on).min()
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 pub async fn day_end(config: &Config, args: DayEndArgs) -> anyhow::Result<ExitCode> {
@@ -200,18 +149,22 @@ pub async fn build_npa_report(
 ) -> anyhow::Result<(ReportSummary, Paise)> {
     let store = crate::commands::open_store(config)?;
     let loans = load_loans(store.as_ref()).await?;
-    let Some(first) = first_disbursal(&loans) else {
-        bail!(
-            "no loans in the store {}; run `underwrite run --input FILE --until-idle` first",
-            config.store_path.display()
-        );
-    };
-    if as_of < first {
-        bail!("--as-of {as_of} is before the first disbursal ({first}); no loan existed then");
-    }
-    // Day-end runs from the first disbursal so that every snapshot reflects
-    // the ledger as it is now, backdated payments and reversals included.
-    tokio::task::block_in_place(|| run_range(config, &loans, first, as_of))?;
+    let policy = job_policy(config);
+    let store_name = config.store_path.display().to_string();
+    let from = first_disbursal(&loans).unwrap_or(as_of);
+    let mut progress = DayEndProgress::new(from, as_of);
+    let (summary, ledger_total) = tokio::task::block_in_place(|| {
+        npa_report_from_loans(
+            &config.lake_path,
+            &policy,
+            &loans,
+            as_of,
+            out,
+            &store_name,
+            |day| progress.day_done(day),
+        )
+    })?;
+    progress.finish();
     let closed = underwrite_npa::closed_through(store.as_ref())
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -221,8 +174,6 @@ pub async fn build_npa_report(
             "warning: --as-of {as_of} is after the last closed business date ({last}); the report assumes no payment arrived after the ledger's last entry"
         );
     }
-    let summary = npa_report(&config.lake_path, as_of, out, &job_policy(config))?;
-    let ledger_total = ledger_outstanding(&loans, as_of);
     Ok((summary, ledger_total))
 }
 

@@ -125,23 +125,41 @@ impl Authority {
         create_missing: bool,
         default_policy: &Policy,
     ) -> Result<Authority, IdentityError> {
-        let mut signers = HashMap::new();
+        let mut signers = Vec::new();
         for name in identities {
-            signers.insert(name.to_string(), dir.load_identity(name, create_missing)?);
+            signers.push(dir.load_identity(name, create_missing)?);
         }
         let keyring_path = dir.keyring_path();
         let keyring = Keyring::load(&keyring_path)?;
-        let verifiers = keyring
-            .verifying_keys(&keyring_path)?
-            .into_iter()
-            .map(|(key_id, identity, key)| (key_id, (identity, key)))
-            .collect();
         let policy_path = dir.policy_path();
         let policy = if create_missing {
             Policy::load_or_write(&policy_path, default_policy)?
         } else {
             Policy::load(&policy_path)?
         };
+        Authority::from_parts(signers, &keyring, keyring_path, policy, policy_path)
+    }
+
+    /// Builds an authority from keys already read: the signing identities,
+    /// the keyring and the policy. `keyring_path` and `policy_path` name
+    /// where the keyring and policy came from (files, or a secret's name)
+    /// in errors.
+    pub fn from_parts(
+        identities: Vec<Identity>,
+        keyring: &Keyring,
+        keyring_path: PathBuf,
+        policy: Policy,
+        policy_path: PathBuf,
+    ) -> Result<Authority, IdentityError> {
+        let signers = identities
+            .into_iter()
+            .map(|identity| (identity.name().to_string(), identity))
+            .collect();
+        let verifiers = keyring
+            .verifying_keys(&keyring_path)?
+            .into_iter()
+            .map(|(key_id, identity, key)| (key_id, (identity, key)))
+            .collect();
         Ok(Authority {
             signers,
             verifiers,

@@ -174,12 +174,19 @@ impl Identity {
             path: path.into(),
             source,
         })?;
+        Identity::from_key_text(&text, path)
+    }
+
+    /// Parses the text of a key file; `source` names where it came from (a
+    /// path, or a secret's name) in errors.
+    pub fn from_key_text(text: &str, source: &Path) -> Result<Identity, IdentityError> {
+        let path = source;
         let invalid = |reason: String| IdentityError::Invalid {
             what: "key file",
             path: path.into(),
             reason,
         };
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| {
+        let file: KeyFile = serde_json::from_str(text).map_err(|e| {
             invalid(format!(
                 "{e}; expected {{\"identity\", \"key_id\", \"private_key\"}} as written by `underwrite identity`"
             ))
@@ -237,7 +244,13 @@ impl Keyring {
                 });
             }
         };
-        serde_json::from_str(&text).map_err(|e| IdentityError::Invalid {
+        Keyring::from_text(&text, path)
+    }
+
+    /// Parses the text of a keyring file; `path` names where it came from
+    /// (a file, or a secret's name) in errors.
+    pub fn from_text(text: &str, path: &Path) -> Result<Keyring, IdentityError> {
+        serde_json::from_str(text).map_err(|e| IdentityError::Invalid {
             what: "keyring",
             path: path.into(),
             reason: format!(

@@ -39,7 +39,13 @@ impl Policy {
             path: path.into(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| IdentityError::Invalid {
+        Policy::from_text(&text, path)
+    }
+
+    /// Parses the text of a policy file; `path` names where it came from (a
+    /// file, or a secret's name) in errors.
+    pub fn from_text(text: &str, path: &Path) -> Result<Policy, IdentityError> {
+        serde_json::from_str(text).map_err(|e| IdentityError::Invalid {
             what: "policy file",
             path: path.into(),
             reason: format!(
