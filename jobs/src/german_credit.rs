@@ -17,6 +17,13 @@ use underwrite_domain::{AnnualRate, BusinessDate, DueDayRule, Paise, Schedule};
 use underwrite_events::payloads::{DayClosed, LoanDisbursed, RepaymentReceived, RepaymentReversed};
 use underwrite_events::{BorrowerId, EventType, LoanId, PaymentId};
 
+mod origination;
+
+pub use origination::{
+    CONSENT_YEARS, OriginationInputs, applicant_name, applicant_pan, applicant_phone,
+    origination_inputs, repayment_events,
+};
+
 /// Default rupees per Deutsche Mark. It is a scaling choice that puts the
 /// amounts (DM 250 to 18,424) into the range of Indian retail loans
 /// (₹15,000 to ₹11,05,440). It is not a historical exchange rate.
@@ -110,35 +117,67 @@ pub fn convert(csv_text: &str, options: &ConversionOptions) -> anyhow::Result<Co
     check_options(options)?;
     let applicants = parse_applicants(csv_text)?;
 
-    let mut events = Vec::new();
-    let mut behaviours = BTreeMap::new();
-    let mut loan_behaviours = BTreeMap::new();
+    let mut collected = Collected::default();
     for applicant in &applicants {
         for loan in plan_loans(applicant, options)? {
-            *behaviours
-                .entry(loan.behaviour.name().to_string())
-                .or_insert(0) += 1;
-            loan_behaviours.insert(loan.loan_id.clone(), loan.behaviour.name().to_string());
-            push_loan_events(&loan, options.as_of, &mut events)?;
+            collected.add(&loan, options.as_of, true)?;
         }
     }
-    let mut date = options.first_disbursal;
-    while date <= options.as_of {
-        events.push(day_closed_event(date)?);
-        date = date.succ();
+    collected.finish(options, None)
+}
+
+/// The events of a conversion, collected loan by loan, with the loans'
+/// behaviours.
+#[derive(Default)]
+struct Collected {
+    events: Vec<Event>,
+    behaviours: BTreeMap<String, usize>,
+    loan_behaviours: BTreeMap<String, String>,
+}
+
+impl Collected {
+    /// Adds a loan's events: its disbursal when `with_disbursal` is set,
+    /// and its payments and reversals up to `as_of`.
+    fn add(
+        &mut self,
+        loan: &PlannedLoan,
+        as_of: BusinessDate,
+        with_disbursal: bool,
+    ) -> anyhow::Result<()> {
+        *self
+            .behaviours
+            .entry(loan.behaviour.name().to_string())
+            .or_insert(0) += 1;
+        self.loan_behaviours
+            .insert(loan.loan_id.clone(), loan.behaviour.name().to_string());
+        push_loan_events(loan, as_of, with_disbursal, &mut self.events)
     }
 
-    events.sort_by_key(|event| event.key);
-    let count = |kind: EventKind| events.iter().filter(|e| e.key.1 == kind).count();
-    Ok(Conversion {
-        loans: count(EventKind::Disbursal),
-        repayments: count(EventKind::Repayment),
-        reversals: count(EventKind::Reversal),
-        days_closed: count(EventKind::DayClose),
-        lines: events.into_iter().map(|e| e.line).collect(),
-        behaviours,
-        loan_behaviours,
-    })
+    /// Closes every date from `first_disbursal` to `as_of` and orders the
+    /// events for publishing. `loans` is the loan count when the events
+    /// hold no disbursals.
+    fn finish(
+        mut self,
+        options: &ConversionOptions,
+        loans: Option<usize>,
+    ) -> anyhow::Result<Conversion> {
+        let mut date = options.first_disbursal;
+        while date <= options.as_of {
+            self.events.push(day_closed_event(date)?);
+            date = date.succ();
+        }
+        self.events.sort_by_key(|event| event.key);
+        let count = |kind: EventKind| self.events.iter().filter(|e| e.key.1 == kind).count();
+        Ok(Conversion {
+            loans: loans.unwrap_or_else(|| count(EventKind::Disbursal)),
+            repayments: count(EventKind::Repayment),
+            reversals: count(EventKind::Reversal),
+            days_closed: count(EventKind::DayClose),
+            lines: self.events.into_iter().map(|e| e.line).collect(),
+            behaviours: self.behaviours,
+            loan_behaviours: self.loan_behaviours,
+        })
+    }
 }
 
 fn check_options(options: &ConversionOptions) -> anyhow::Result<()> {
@@ -943,9 +982,21 @@ fn event<P: Serialize>(
 fn push_loan_events(
     loan: &PlannedLoan,
     as_of: BusinessDate,
+    with_disbursal: bool,
     events: &mut Vec<Event>,
 ) -> anyhow::Result<()> {
     let loan_id = LoanId::parse(&loan.loan_id)?;
+    if with_disbursal {
+        push_disbursal(loan, &loan_id, events)?;
+    }
+    push_payments(loan, &loan_id, as_of, events)
+}
+
+fn push_disbursal(
+    loan: &PlannedLoan,
+    loan_id: &LoanId,
+    events: &mut Vec<Event>,
+) -> anyhow::Result<()> {
     events.push(event(
         (loan.disbursed_on, EventKind::Disbursal, loan.order, 0),
         &format!("disb-{}", loan.loan_id),
@@ -963,7 +1014,15 @@ fn push_loan_events(
             secured_value: loan.secured_value,
         },
     )?);
+    Ok(())
+}
 
+fn push_payments(
+    loan: &PlannedLoan,
+    loan_id: &LoanId,
+    as_of: BusinessDate,
+    events: &mut Vec<Event>,
+) -> anyhow::Result<()> {
     // Payments are numbered over the whole plan, so the ids of the events up
     // to one as_of stay the same when as_of moves later.
     for (index, payment) in loan.payments.iter().enumerate() {

@@ -1,6 +1,7 @@
-//! The README's main job on the bundled real applicants, end to end: the
-//! report reconciles to the ledger, its summary to its rows, and the npa
-//! service's classes to the polars day-end's.
+//! The README's main job on the bundled real applicants, end to end. Every
+//! application goes through origination and the approved ones are
+//! disbursed. The report reconciles to the ledger and its summary to its
+//! rows, and the npa service's classes match the polars day-end's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +59,53 @@ fn main_job_reconciles() {
     );
     assert!(stdout.contains("0 dead letters"), "{stdout}");
     assert!(stdout.contains("Audit ledger intact"), "{stdout}");
+
+    // Origination: one decision per application, approvals disbursed and
+    // declines with their reason codes.
+    let origination = dir.path().join("origination");
+    let decisions = read_csv(&origination.join("decisions.csv"));
+    assert_eq!(decisions.len(), 1034, "one row per application");
+    let approved = decisions
+        .iter()
+        .filter(|r| r["status"] == "completed")
+        .count();
+    let declined: Vec<_> = decisions
+        .iter()
+        .filter(|r| r["status"] == "rolled_back")
+        .collect();
+    assert_eq!(
+        approved + declined.len(),
+        decisions.len(),
+        "every saga finished"
+    );
+    assert!(approved > 700, "{approved} approved");
+    assert!(!declined.is_empty(), "no application was declined");
+    for row in &declined {
+        assert!(!row["reason_codes"].is_empty(), "{row:?}");
+    }
+    assert!(
+        stdout.contains(&format!("  {:<40} {approved:>7}", "loans disbursed")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Drew the repayment histories of {approved} loans")),
+        "{stdout}"
+    );
+    let summary_md = std::fs::read_to_string(origination.join("origination_summary.md")).unwrap();
+    assert!(summary_md.contains("applications"), "{summary_md}");
+    let hindi: Vec<_> = std::fs::read_dir(&origination)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(".hi.html"))
+        .collect();
+    assert_eq!(hindi.len(), 1, "one sample Hindi KFS");
+    let hindi_text = std::fs::read_to_string(&hindi[0]).unwrap();
+    assert!(
+        hindi_text
+            .chars()
+            .any(|c| ('\u{0900}'..='\u{097F}').contains(&c)),
+        "the Hindi KFS has no Devanagari"
+    );
 
     let report = dir.path().join("report");
     let rows = read_csv(&report.join(format!("npa_report_{AS_OF}.csv")));
