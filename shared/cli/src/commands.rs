@@ -271,7 +271,19 @@ pub struct DlqArgs {
     pub json: bool,
 }
 
-pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
+/// Prints each item as one line of JSON.
+pub fn print_json_lines<T: serde::Serialize>(items: &[T]) {
+    for item in items {
+        println!(
+            "{}",
+            serde_json::to_string(item).expect("the item serialises")
+        );
+    }
+}
+
+/// Lists or replays dead letters: those of the AWS deployment when
+/// `aws.enabled` is set, else those of the embedded store.
+pub async fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
     if let Some(queue) = &args.queue
         && !crate::services::NAMES.contains(&queue.as_str())
     {
@@ -279,6 +291,9 @@ pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
             "unknown queue {queue:?}: queues are named after the services, {}",
             crate::services::NAMES.join(", ")
         );
+    }
+    if config.aws.enabled {
+        return crate::dlq_aws::dlq(config, args).await;
     }
     let store = open_store(config)?;
     if args.replay {
@@ -290,12 +305,7 @@ pub fn dlq(config: &Config, args: DlqArgs) -> anyhow::Result<ExitCode> {
     }
     let letters = store.dead_letters(args.queue.as_deref())?;
     if args.json {
-        for letter in &letters {
-            println!(
-                "{}",
-                serde_json::to_string(letter).expect("dead letter serialises")
-            );
-        }
+        print_json_lines(&letters);
         return Ok(ExitCode::SUCCESS);
     }
     if letters.is_empty() {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use underwrite_aws::AwsConfig;
 use underwrite_domain::fraud::FraudPolicy;
 use underwrite_domain::pricing::{FeeAmount, PenalPolicy, PricingPolicy};
 use underwrite_domain::{ClassificationPolicy, ProductCatalog, ProvisioningPolicy};
@@ -69,6 +70,9 @@ pub struct Config {
     pub fees: FeeSettings,
     /// Event signing: whether it is on, and where keys and the policy live.
     pub identities: crate::identity::IdentitySettings,
+    /// The AWS backend that `underwrite dlq` works on when `aws.enabled` is
+    /// set: region, endpoint, tables, bucket and queues.
+    pub aws: AwsConfig,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             kfs: KfsSettings::default(),
             fees: FeeSettings::default(),
             identities: Default::default(),
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -247,11 +252,50 @@ const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
         "identities.create_missing",
         "create missing keys and the default policy file when the runtime opens; set false in production so a missing key stops start-up",
     ),
+    (
+        "aws.enabled",
+        "make `underwrite dlq` list and replay the dead-letter queues of the AWS deployment instead of the embedded store (docs/deploy.md)",
+    ),
+    (
+        "aws.endpoint_url",
+        "one endpoint URL for every AWS service, such as an emulator's http://127.0.0.1:5000; empty uses AWS's endpoints",
+    ),
+    (
+        "aws.region",
+        "the deployment's region, such as ap-south-1; credentials come from the AWS SDK's usual sources (environment, profile, SSO)",
+    ),
+    ("aws.state_table", "the DynamoDB state table"),
+    ("aws.idempotency_table", "the DynamoDB idempotency table"),
+    (
+        "aws.bucket",
+        "the S3 bucket of claim checks, the audit ledger, the lake and reports (the SAM stack's BucketName output)",
+    ),
+    (
+        "aws.queues",
+        "queue URLs by name (<service> or <service>-dlq) for queues not named queue_prefix + name",
+    ),
+    (
+        "aws.queue_prefix",
+        "prefix of the queue names, underwrite-<Stage>- in the SAM template",
+    ),
+    (
+        "aws.claim_check_bytes",
+        "event bodies above this many bytes go to S3 and the message carries a reference",
+    ),
+    (
+        "aws.idempotency_days",
+        "days a completed idempotency record keeps a redelivered event from being handled again (1 to 3650)",
+    ),
 ];
 
 /// Keys whose objects are maps or tagged variants rather than fixed fields:
 /// only the deserializer checks what is inside them.
-const FREE_FORM_KEYS: &[&str] = &["products.products", "pricing.rate_grid", "pricing.penal"];
+const FREE_FORM_KEYS: &[&str] = &[
+    "products.products",
+    "pricing.rate_grid",
+    "pricing.penal",
+    "aws.queues",
+];
 
 impl Config {
     /// Reads the layers from the working directory and the process
@@ -456,6 +500,13 @@ impl Config {
         check_fraud(&self.fraud)?;
         check_pricing(&self.pricing)?;
         check_kfs(&self.kfs)?;
+        // The AWS settings are checked only when they are used, so that the
+        // default file, which names no bucket, stays valid.
+        if self.aws.enabled {
+            self.aws
+                .validate()
+                .map_err(|error| ("aws", error.to_string()))?;
+        }
         if self.fees.grace_days > 90 {
             return Err((
                 "fees.grace_days",

@@ -7,6 +7,7 @@ mod bench_lambda;
 mod commands;
 mod config;
 mod dayend;
+mod dlq_aws;
 mod example;
 mod health;
 mod identity;
@@ -190,7 +191,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::List => commands::list(&config),
         Command::Migrate => commands::migrate(&config),
         Command::Run(args) => commands::run(&config, args).await,
-        Command::Dlq(args) => commands::dlq(&config, args),
+        Command::Dlq(args) => commands::dlq(&config, args).await,
         Command::Health => commands::health(&config),
         Command::Metrics(args) => commands::metrics(&config, args),
         Command::Serve(args) => serve::serve(&config, args).await,
