@@ -668,3 +668,77 @@ async fn cases_cover_each_ending() {
     ];
     assert_eq!(endings, expected);
 }
+
+/// The variables the SAM template gives a function, pointed at `stack`.
+fn template_variables(stack: &Stack) -> underwrite_lambda::start::Vars {
+    let config = &stack.config;
+    [
+        ("UNDERWRITE_BACKEND", "aws"),
+        ("AWS_ENDPOINT_URL", config.endpoint_url.as_str()),
+        ("AWS_REGION", config.region.as_str()),
+        ("UNDERWRITE_STATE_TABLE", config.state_table.as_str()),
+        (
+            "UNDERWRITE_IDEMPOTENCY_TABLE",
+            config.idempotency_table.as_str(),
+        ),
+        ("UNDERWRITE_BUCKET", config.bucket.as_str()),
+        ("UNDERWRITE_QUEUE_PREFIX", config.queue_prefix.as_str()),
+        ("UNDERWRITE_MAX_RECEIVE_COUNT", "3"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_runs_steps_of_step_services() {
+    use underwrite_lambda::{Disposition, Record, RecordProcessor};
+
+    let (_server, endpoint) = emulator();
+    let queues: Vec<&str> = underwrite_lambda::routes::SUBSCRIPTIONS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let stack = Stack::create(&endpoint, &queues, 3).await;
+    let vars = template_variables(&stack);
+    let message = json!({
+        "saga": "origination", "saga_id": "APP9", "step": "no-such-step",
+        "phase": "forward", "command": "pricing.quoted", "input": {}, "steps": {},
+        "task_token": "token-from-no-execution",
+    })
+    .to_string();
+    let attributes = Default::default();
+    let record = Record {
+        message_id: "m-1",
+        body: &message,
+        attributes: &attributes,
+        receive_count: 1,
+        receipt_handle: None,
+        queue_arn: None,
+    };
+
+    // kfs runs saga steps: the message is read as a task and rejected for
+    // its step, not as an invalid event.
+    let kfs = underwrite_lambda::start::build_from(service("kfs"), &vars)
+        .await
+        .expect("kfs starts on AWS");
+    let disposition = kfs.process(&record).await;
+    assert_eq!(
+        disposition,
+        Disposition::DeadLettered {
+            code: "unknown_step".into()
+        }
+    );
+
+    // audit runs no step, so the same body is not an event it can read.
+    let audit = underwrite_lambda::start::build_from(service("audit"), &vars)
+        .await
+        .expect("audit starts on AWS");
+    let disposition = audit.process(&record).await;
+    assert_eq!(
+        disposition,
+        Disposition::DeadLettered {
+            code: "invalid_event".into()
+        }
+    );
+}

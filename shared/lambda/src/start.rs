@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use tracing::info;
-use underwrite_aws::{AwsBackend, AwsConfig};
+use underwrite_aws::{AwsBackend, AwsConfig, StepFunctionsTasks};
 use underwrite_identity::{Authority, Identity, KeyDir, Keyring, Policy};
 use underwrite_runtime::ports::{Bus, EffectStore, SecretSource};
 use underwrite_runtime::record::RecordSettings;
@@ -15,7 +15,8 @@ use underwrite_runtime::{Service, SqliteBus, SqliteStore, SystemClock};
 
 use crate::batch::BatchSettings;
 use crate::function::Function;
-use crate::routes::routes;
+use crate::routes::{SUBSCRIPTIONS, routes};
+use crate::saga_task::SagaTasks;
 
 /// Environment variables by name.
 pub type Vars = BTreeMap<String, String>;
@@ -159,6 +160,9 @@ pub struct Backend {
     pub authority: Option<Arc<Authority>>,
     /// Idempotency leases and the queue's `maxReceiveCount`.
     pub settings: RecordSettings,
+    /// The origination saga's steps that Step Functions sends to this
+    /// function, on AWS when the function runs one of its steps.
+    pub tasks: Option<Arc<SagaTasks>>,
 }
 
 /// Builds the backend for `identity` (a service name, or the ingest
@@ -190,12 +194,26 @@ pub async fn backend_from(identity: &str, vars: &Vars) -> Result<Backend, String
                 bus: Arc::new(bus),
                 authority,
                 settings,
+                tasks: None,
             })
         }
         BackendChoice::Aws { config } => {
-            let aws = AwsBackend::connect(&config, identity, routes())
-                .await
-                .map_err(|error| error.to_string())?;
+            // On AWS the origination saga runs on Step Functions, which
+            // sends each step's command to its service; the routing table
+            // leaves those pairs out, as the embedded runtime does while a
+            // saga runner is attached.
+            let definition = underwrite_saga::origination();
+            let aws = AwsBackend::connect(
+                &config,
+                identity,
+                SagaTasks::routes(&definition, SUBSCRIPTIONS),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+            let tasks = definition.services().contains(&identity).then(|| {
+                let answers = StepFunctionsTasks::new(aws.clients.sfn.clone());
+                Arc::new(SagaTasks::new(definition, Arc::new(answers)))
+            });
             let secrets = SigningSecrets::from_vars(vars)?;
             let authority = match secrets {
                 Some(secrets) => Some(Arc::new(
@@ -214,6 +232,7 @@ pub async fn backend_from(identity: &str, vars: &Vars) -> Result<Backend, String
                 bus: aws.bus,
                 authority,
                 settings,
+                tasks,
             })
         }
     }
@@ -322,14 +341,18 @@ pub async fn build(service: Arc<dyn Service>) -> Result<Function, String> {
 /// [`build`] over the given variables in place of the environment.
 pub async fn build_from(service: Arc<dyn Service>, vars: &Vars) -> Result<Function, String> {
     let backend = backend_from(service.name(), vars).await?;
-    Ok(Function::new(
+    let function = Function::new(
         service,
         backend.effects,
         backend.bus,
         Arc::new(SystemClock),
         backend.authority,
         backend.settings,
-    ))
+    );
+    Ok(match backend.tasks {
+        Some(tasks) => function.with_saga_tasks(tasks),
+        None => function,
+    })
 }
 
 /// Runs a service as a Lambda function: installs logging, builds the
