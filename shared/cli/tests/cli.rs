@@ -275,7 +275,33 @@ fn sigkill_mid_run_then_restart_matches_clean_run() {
         ],
     );
     assert!(output.status.success(), "{}", text(&output));
-    let events = clean.join("events.jsonl");
+    // The example disburses through origination, so its events.jsonl holds
+    // servicing events only. The killed run gets the same loans as input
+    // disbursals, built from the clean run's ledgers, ahead of those events.
+    let clean_db = clean.join("underwrite.db");
+    let mut lines: Vec<String> = kv_rows(&clean_db, "loan/")
+        .into_iter()
+        .map(|(_, value)| {
+            let stored: serde_json::Value = serde_json::from_str(&value).unwrap();
+            let terms = &stored["terms"];
+            json!({
+                "id": format!("disbursal-{}", terms["loan_id"].as_str().unwrap()),
+                "type": "loan.disbursed",
+                "occurred_at": format!("{}T10:00:00+05:30", terms["disbursed_on"].as_str().unwrap()),
+                "payload": terms,
+            })
+            .to_string()
+        })
+        .collect();
+    assert!(!lines.is_empty(), "the clean run disbursed no loans");
+    lines.extend(
+        std::fs::read_to_string(clean.join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .map(str::to_string),
+    );
+    let events = dir.path().join("servicing.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
 
     let killed_db = dir.path().join("killed.db");
     let args = [
@@ -342,7 +368,6 @@ fn sigkill_mid_run_then_restart_matches_clean_run() {
     );
     assert!(output.status.success(), "{}", text(&output));
 
-    let clean_db = clean.join("underwrite.db");
     assert_eq!(
         kv_rows(&killed_db, "loan/"),
         kv_rows(&clean_db, "loan/"),
