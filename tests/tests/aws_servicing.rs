@@ -158,10 +158,12 @@ fn applicant_row(loan_id: &str) -> u32 {
 /// The last business date of the scenario and its report's as-of date.
 const AS_OF: &str = "2023-09-30";
 
-/// Converts the bundled applicants into the input events of `underwrite
-/// example german-credit --as-of 2023-09-30` (default seed: disbursals from
-/// 2023-01-01 to the as-of date). It keeps every 25th applicant with their
-/// loans, and every `day.closed`.
+/// Converts the bundled applicants into servicing input with the German
+/// credit conversion (`convert`, default seed, as of 2023-09-30): lender-sent
+/// disbursals from 2023-01-01 to the as-of date, repayments and day closes,
+/// without the origination that `underwrite example german-credit` now runs
+/// first. It keeps every 25th applicant with their loans, and every
+/// `day.closed`.
 ///
 /// NOTE: the whole example does not fit a test run on moto 5.2.5, whose
 /// `TransactWriteItems` deep-copies each table it touches before applying
