@@ -135,7 +135,7 @@ impl MotoServer {
             r#"{"stepfunctions":{"execute_state_machine":true},"lambda":{"use_docker":false}}"#,
         )
         .expect("moto answers /moto-api/config");
-        // moto 5.2.5 answers 201 with the settings it keeps.
+        // moto 5.2.5 replies 201 with the settings it keeps.
         assert!(
             status == 200 || status == 201,
             "moto refused the config ({status}): {body}"
@@ -305,6 +305,28 @@ impl Stack {
             clients,
             queues,
         }
+    }
+
+    /// Returns the variables the SAM template gives a function, pointed at
+    /// this stack's tables, bucket and queues, with redrive after 3 receives.
+    pub fn template_variables(&self) -> BTreeMap<String, String> {
+        let config = &self.config;
+        [
+            ("UNDERWRITE_BACKEND", "aws"),
+            ("AWS_ENDPOINT_URL", config.endpoint_url.as_str()),
+            ("AWS_REGION", config.region.as_str()),
+            ("UNDERWRITE_STATE_TABLE", config.state_table.as_str()),
+            (
+                "UNDERWRITE_IDEMPOTENCY_TABLE",
+                config.idempotency_table.as_str(),
+            ),
+            ("UNDERWRITE_BUCKET", config.bucket.as_str()),
+            ("UNDERWRITE_QUEUE_PREFIX", config.queue_prefix.as_str()),
+            ("UNDERWRITE_MAX_RECEIVE_COUNT", "3"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
     }
 
     /// Stores a secret.

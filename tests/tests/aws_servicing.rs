@@ -429,27 +429,6 @@ fn parse_body(line: &str) -> String {
     Outbound::from_event(&parse_input_line(line).unwrap()).body
 }
 
-/// The variables the SAM template gives a function, pointed at `stack`.
-fn template_variables(stack: &Stack) -> underwrite_lambda::start::Vars {
-    let config = &stack.config;
-    [
-        ("UNDERWRITE_BACKEND", "aws"),
-        ("AWS_ENDPOINT_URL", config.endpoint_url.as_str()),
-        ("AWS_REGION", config.region.as_str()),
-        ("UNDERWRITE_STATE_TABLE", config.state_table.as_str()),
-        (
-            "UNDERWRITE_IDEMPOTENCY_TABLE",
-            config.idempotency_table.as_str(),
-        ),
-        ("UNDERWRITE_BUCKET", config.bucket.as_str()),
-        ("UNDERWRITE_QUEUE_PREFIX", config.queue_prefix.as_str()),
-        ("UNDERWRITE_MAX_RECEIVE_COUNT", "3"),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_string(), value.to_string()))
-    .collect()
-}
-
 /// The mechanism function starts from the template's variables with
 /// `UNDERWRITE_BACKEND=aws`: its SDK clients point at the emulator, its key
 /// and the keyring come from Secrets Manager, and an SQS batch is handled
@@ -487,7 +466,7 @@ async fn function_starts_on_aws_backend() {
     let bundle = serde_json::json!({"keyring": keyring, "policy": policy});
     stack.put_secret(&keyring_secret, &bundle.to_string()).await;
 
-    let mut vars = template_variables(&stack);
+    let mut vars = stack.template_variables();
     vars.insert(SIGNING_KEY_SECRET_VARIABLE.into(), key_secret.clone());
     vars.insert(KEYRING_SECRET_VARIABLE.into(), keyring_secret.clone());
     let mechanism = || -> Arc<dyn Service> { Arc::new(Mechanism::new(ProductCatalog::default())) };

@@ -1,8 +1,8 @@
 //! The origination saga on both executors: the embedded runner over a
 //! SQLite file, and the generated state machine on Step Functions in a moto
-//! server on 127.0.0.1, whose task messages the services' Lambda code
+//! server on 127.0.0.1, whose task messages are handled by the services' Lambda code
 //! (`underwrite_lambda::Function` with its saga tasks, over the DynamoDB
-//! and SQS adapters) answers. A poller stands in for Lambda's event source
+//! and SQS adapters). A poller stands in for Lambda's event source
 //! mappings: it receives from each queue, hands the messages to the
 //! function as a real SQS event, and deletes the ones the batch response
 //! does not name. Each case must end the same way on both: status, failed
@@ -14,8 +14,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use underwrite_audit::Audit;
@@ -27,8 +25,8 @@ use underwrite_domain::pricing::{PricingPolicy, RiskGrade};
 use underwrite_events::{Envelope, parse_input_line};
 use underwrite_fraud::Fraud;
 use underwrite_kfs::{KfsService, KfsSettings, StoredKfs, kfs_key};
+use underwrite_lambda::Function;
 use underwrite_lambda::saga_task::{SagaTasks, wait_key};
-use underwrite_lambda::{BatchSettings, Function, handle_batch};
 use underwrite_mechanism::{Mechanism, loan_key, sanction_key};
 use underwrite_pricing::{Pricing, Withdrawal, withdrawn_key};
 use underwrite_risk::Risk;
@@ -41,8 +39,9 @@ use underwrite_tests::moto::{Stack, emulator};
 use underwrite_tests::origination::{
     annex_b_policy, application_payload, consent_granted, consent_withdrawn,
 };
+use underwrite_tests::poller::{Mapping, PollSummary, Poller};
 
-/// The services of the saga's steps, and audit, which sees every event.
+/// The services of the saga's steps, and audit, which receives every event.
 const SERVICES: [&str; 7] = [
     "consent",
     "fraud",
@@ -60,8 +59,8 @@ fn definition() -> SagaDefinition {
     origination()
 }
 
-/// The Annex B tariff with a rate for every grade the bundled scorecard
-/// gives but D, so that grade D is declined by pricing.
+/// Returns the Annex B tariff with a rate for every grade the bundled
+/// scorecard gives except D, so that pricing declines grade D.
 fn policy() -> PricingPolicy {
     let mut policy = annex_b_policy();
     for (grade, rate) in [("B", "18.00"), ("C", "22.00")] {
@@ -250,9 +249,9 @@ async fn run_embedded(case: &Case) -> Ending {
 
 // ------------------------------------------------------- step functions
 
-/// Step Functions' task answers, with each failure kept: moto 5.2.5 does
+/// Step Functions' task results, with each failure kept. moto 5.2.5 does
 /// not fill a `Fail` state's cause from its `CausePath`, so the failed step
-/// and code are read from the failure the saga was answered with.
+/// and code are read from the failure sent to the saga.
 struct Recorder {
     inner: StepFunctionsTasks,
     failures: Mutex<Vec<String>>,
@@ -274,7 +273,7 @@ impl TaskAnswers for Recorder {
 struct Deployment {
     stack: Stack,
     answers: Arc<Recorder>,
-    functions: Vec<(&'static str, Function, String)>,
+    poller: Poller,
     bus: Arc<dyn Bus>,
     state_machine: String,
 }
@@ -293,7 +292,7 @@ async fn deploy(endpoint: &str) -> Deployment {
         failures: Mutex::new(Vec::new()),
     });
     let tasks = Arc::new(SagaTasks::new(definition.clone(), answers.clone()));
-    let mut functions = Vec::new();
+    let mut mappings = Vec::new();
     let mut bus: Option<Arc<dyn Bus>> = None;
     for name in SERVICES {
         let backend = AwsBackend::connect(&stack.config, name, routes.clone())
@@ -312,7 +311,12 @@ async fn deploy(endpoint: &str) -> Deployment {
             },
         )
         .with_saga_tasks(tasks.clone());
-        functions.push((name, function, stack.queues[name].clone()));
+        let queue_url = stack.queues[name].clone();
+        mappings.push(Mapping {
+            function,
+            queue_arn: Poller::queue_arn(&stack.clients.sqs, &queue_url).await,
+            queue_url,
+        });
     }
 
     let mut document = serde_json::to_string(&asl::generate(&definition)).unwrap();
@@ -331,121 +335,24 @@ async fn deploy(endpoint: &str) -> Deployment {
         .expect("create the state machine");
     Deployment {
         answers,
-        functions,
+        poller: Poller::new(stack.clients.sqs.clone(), &stack.config.region, mappings),
         bus: bus.expect("a bus"),
         state_machine: created.state_machine_arn().to_string(),
         stack,
     }
 }
 
-/// Receives one batch from each queue, runs it through its function as an
-/// SQS event, and deletes the records the response does not name; returns
-/// how many records it handed over.
-async fn poll_once(deployment: &Deployment) -> usize {
-    let sqs = &deployment.stack.clients.sqs;
-    let mut handed = 0;
-    for (name, function, url) in &deployment.functions {
-        let received = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(5)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .expect("receive");
-        let messages = received.messages();
-        if messages.is_empty() {
-            continue;
-        }
-        handed += messages.len();
-        let arn = queue_arn(deployment, url).await;
-        let records: Vec<Value> = messages
-            .iter()
-            .map(|message| sqs_record(message, &arn))
-            .collect();
-        let event = LambdaEvent::new(json!({ "Records": records }), Context::default());
-        let (response, _) = handle_batch(function, &BatchSettings::default(), event)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let failed: Vec<String> = response
-            .batch_item_failures
-            .iter()
-            .map(|failure| failure.item_identifier.clone())
-            .collect();
-        for message in messages {
-            if failed
-                .iter()
-                .any(|id| Some(id.as_str()) == message.message_id())
-            {
-                continue;
-            }
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(message.receipt_handle().unwrap())
-                .send()
-                .await
-                .expect("delete");
-        }
-    }
-    handed
-}
-
-async fn queue_arn(deployment: &Deployment, url: &str) -> String {
-    deployment
-        .stack
-        .clients
-        .sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("QueueArn")
-}
-
-/// Lays out a received message as Lambda's event source mapping does.
-fn sqs_record(message: &aws_sdk_sqs::types::Message, arn: &str) -> Value {
-    let attributes: serde_json::Map<String, Value> = message
-        .attributes()
-        .map(|all| {
-            all.iter()
-                .map(|(key, value)| (key.as_str().to_string(), json!(value)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let message_attributes: serde_json::Map<String, Value> = message
-        .message_attributes()
-        .map(|all| {
-            all.iter()
-                .map(|(key, value)| {
-                    (
-                        key.clone(),
-                        json!({
-                            "stringValue": value.string_value(),
-                            "stringListValues": [], "binaryListValues": [],
-                            "dataType": value.data_type(),
-                        }),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    json!({
-        "messageId": message.message_id(),
-        "receiptHandle": message.receipt_handle(),
-        "body": message.body(),
-        "attributes": attributes,
-        "messageAttributes": message_attributes,
-        "md5OfBody": message.md5_of_body(),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": arn,
-        "awsRegion": "us-east-1",
-    })
+/// Opens the DynamoDB store of `service`, as its function sees it.
+fn store_of(deployment: &Deployment, service: &str) -> DynamoStore {
+    let stack = &deployment.stack;
+    let objects =
+        underwrite_aws::S3Objects::new(stack.clients.s3.clone(), stack.config.bucket.clone());
+    DynamoStore::new(
+        stack.clients.dynamodb.clone(),
+        Arc::new(objects),
+        &stack.config,
+        service,
+    )
 }
 
 async fn publish(deployment: &Deployment, events: &[Envelope]) {
@@ -461,7 +368,13 @@ where
 {
     let deadline = Instant::now() + CASE_TIMEOUT;
     loop {
-        let handed = poll_once(deployment).await;
+        let mut handed = 0;
+        for index in 0..SERVICES.len() {
+            handed += deployment
+                .poller
+                .poll_once(index, true, &mut PollSummary::default())
+                .await;
+        }
         if handed == 0 && done().await {
             return;
         }
@@ -524,15 +437,7 @@ async fn run_step_functions(endpoint: &str, case: &Case) -> Ending {
         .expect("start the execution");
     let execution = started.execution_arn().to_string();
 
-    let kfs_store = DynamoStore::new(
-        deployment.stack.clients.dynamodb.clone(),
-        Arc::new(underwrite_aws::S3Objects::new(
-            deployment.stack.clients.s3.clone(),
-            deployment.stack.config.bucket.clone(),
-        )),
-        &deployment.stack.config,
-        "kfs",
-    );
+    let kfs_store = store_of(&deployment, "kfs");
     let waiting = wait_key(&id, "kfs.accepted");
     poll_until(
         &deployment,
@@ -563,24 +468,8 @@ async fn run_step_functions(endpoint: &str, case: &Case) -> Ending {
         ("FAILED", Some("SagaRolledBack")) => "rolled_back",
         other => panic!("{}: execution ended {other:?}, cause {cause}", case.name),
     };
-    let pricing_store = DynamoStore::new(
-        deployment.stack.clients.dynamodb.clone(),
-        Arc::new(underwrite_aws::S3Objects::new(
-            deployment.stack.clients.s3.clone(),
-            deployment.stack.config.bucket.clone(),
-        )),
-        &deployment.stack.config,
-        "pricing",
-    );
-    let mechanism_store = DynamoStore::new(
-        deployment.stack.clients.dynamodb.clone(),
-        Arc::new(underwrite_aws::S3Objects::new(
-            deployment.stack.clients.s3.clone(),
-            deployment.stack.config.bucket.clone(),
-        )),
-        &deployment.stack.config,
-        "mechanism",
-    );
+    let pricing_store = store_of(&deployment, "pricing");
+    let mechanism_store = store_of(&deployment, "mechanism");
     let (kfs, html) = read_kfs(&kfs_store, &id).await;
     Ending {
         status,
@@ -669,27 +558,6 @@ async fn cases_cover_each_ending() {
     assert_eq!(endings, expected);
 }
 
-/// The variables the SAM template gives a function, pointed at `stack`.
-fn template_variables(stack: &Stack) -> underwrite_lambda::start::Vars {
-    let config = &stack.config;
-    [
-        ("UNDERWRITE_BACKEND", "aws"),
-        ("AWS_ENDPOINT_URL", config.endpoint_url.as_str()),
-        ("AWS_REGION", config.region.as_str()),
-        ("UNDERWRITE_STATE_TABLE", config.state_table.as_str()),
-        (
-            "UNDERWRITE_IDEMPOTENCY_TABLE",
-            config.idempotency_table.as_str(),
-        ),
-        ("UNDERWRITE_BUCKET", config.bucket.as_str()),
-        ("UNDERWRITE_QUEUE_PREFIX", config.queue_prefix.as_str()),
-        ("UNDERWRITE_MAX_RECEIVE_COUNT", "3"),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_string(), value.to_string()))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_runs_steps_of_step_services() {
     use underwrite_lambda::{Disposition, Record, RecordProcessor};
@@ -700,7 +568,7 @@ async fn start_up_runs_steps_of_step_services() {
         .map(|(name, _)| *name)
         .collect();
     let stack = Stack::create(&endpoint, &queues, 3).await;
-    let vars = template_variables(&stack);
+    let vars = stack.template_variables();
     let message = json!({
         "saga": "origination", "saga_id": "APP9", "step": "no-such-step",
         "phase": "forward", "command": "pricing.quoted", "input": {}, "steps": {},

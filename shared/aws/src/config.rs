@@ -258,7 +258,7 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     /// Secrets Manager.
     pub secrets: aws_sdk_secretsmanager::Client,
-    /// Step Functions, which saga workers answer with task tokens.
+    /// Step Functions, to which saga workers send task results.
     pub sfn: aws_sdk_sfn::Client,
 }
 

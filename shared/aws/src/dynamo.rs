@@ -151,7 +151,7 @@ enum TxFailure {
 }
 
 /// Collections one service writes and others only read, with their owner.
-/// On the embedded runtime every service shares one store; here each
+/// On the embedded runtime every service shares one store. Here each
 /// service's items sit under its own partition-key prefix, so a read of
 /// these collections goes to the owner's prefix. The consent records are
 /// read by every service that processes personal data, which DPDP Act 2023
@@ -183,7 +183,7 @@ pub fn collection_owner(key: &str) -> Option<&str> {
 
 /// DynamoDB as the effect store of one service: every key it writes starts
 /// with `<service>#`, which the service's IAM role is fenced to
-/// (`dynamodb:LeadingKeys`); reads of a [shared collection](SHARED_COLLECTIONS)
+/// (`dynamodb:LeadingKeys`). Reads of a [shared collection](SHARED_COLLECTIONS)
 /// go to its owner's prefix, which the role may only read.
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,

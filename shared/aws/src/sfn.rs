@@ -1,5 +1,5 @@
-//! Step Functions: the answers a saga worker sends for the task tokens of a
-//! `waitForTaskToken` step.
+//! Step Functions: the task results a saga worker sends for the task tokens
+//! of a `waitForTaskToken` step.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -24,15 +24,15 @@ pub struct StepFunctionsTasks {
 }
 
 impl StepFunctionsTasks {
-    /// Answers through `client`.
+    /// Creates the task client over `client`.
     pub fn new(client: aws_sdk_sfn::Client) -> Self {
         StepFunctionsTasks { client }
     }
 }
 
-/// Sorts a failed answer: a task that is already closed needs no answer,
-/// a malformed token can never be answered, anything else may pass on a
-/// retry.
+/// Classifies a failed call. A task that is already closed needs no result,
+/// and a malformed token can never take one. Any other failure may pass on
+/// a retry.
 fn answer_result<E: ProvideErrorMetadata + std::error::Error + 'static>(
     action: &str,
     token: &str,

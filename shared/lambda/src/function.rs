@@ -54,7 +54,7 @@ impl Function {
     }
 
     /// Runs the steps of a saga that Step Functions sends to this
-    /// function's queue as task messages, and answers their task tokens.
+    /// function's queue as task messages, and sends each task's result.
     pub fn with_saga_tasks(mut self, tasks: Arc<SagaTasks>) -> Self {
         self.tasks = Some(tasks);
         self
@@ -123,7 +123,7 @@ impl Function {
         record: &Record<'_>,
     ) -> Disposition {
         match outcome {
-            // A saga command's permanent failure was the saga's answer.
+            // A saga command's permanent failure went to the saga as its result.
             RecordOutcome::Done { .. }
             | RecordOutcome::Duplicate { .. }
             | RecordOutcome::Answered(_) => Disposition::Handled,

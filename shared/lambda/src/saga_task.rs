@@ -2,7 +2,7 @@
 //! step's task message (see `underwrite_saga::worker::TaskMessage`) to the
 //! step's service queue and waits for its task token. The function that
 //! receives it builds the step's command with the same code as the embedded
-//! runner, processes the command as a record, and sends
+//! runner and processes the command as a record. It then sends
 //! `SendTaskSuccess` (the command and the events emitted) or
 //! `SendTaskFailure` (the error code and a cause naming the step).
 //!
@@ -76,7 +76,7 @@ impl SagaTasks {
                 _ => None,
             })
             .collect();
-        let kept: Vec<(&str, Vec<&str>)> = subscriptions
+        let filtered: Vec<(&str, Vec<&str>)> = subscriptions
             .iter()
             .map(|(service, types)| {
                 let types = types
@@ -90,7 +90,11 @@ impl SagaTasks {
                 (*service, types)
             })
             .collect();
-        Routes::from_pairs(kept.iter().map(|(service, types)| (*service, &types[..])))
+        Routes::from_pairs(
+            filtered
+                .iter()
+                .map(|(service, types)| (*service, &types[..])),
+        )
     }
 
     /// Lists each signal of the saga with the service that receives it.
@@ -263,7 +267,7 @@ impl Function {
         };
         // A compensation may rebuild the failed step's command, which for
         // a signal step is the signal itself.
-        let wanted: Vec<(&'static str, &'static str)> = if message.phase == "compensation" {
+        let needed: Vec<(&'static str, &'static str)> = if message.phase == "compensation" {
             tasks.all_signal_types().collect()
         } else {
             signal_type
@@ -272,7 +276,7 @@ impl Function {
                 .collect()
         };
         let mut signals: BTreeMap<&'static str, String> = BTreeMap::new();
-        for (service, kind) in wanted {
+        for (service, kind) in needed {
             match self
                 .read(&signal_key(service, &message.saga_id, kind))
                 .await

@@ -199,7 +199,7 @@ pub async fn backend_from(identity: &str, vars: &Vars) -> Result<Backend, String
         }
         BackendChoice::Aws { config } => {
             // On AWS the origination saga runs on Step Functions, which
-            // sends each step's command to its service; the routing table
+            // sends each step's command to its service. So the routing table
             // leaves those pairs out, as the embedded runtime does while a
             // saga runner is attached.
             let definition = underwrite_saga::origination();

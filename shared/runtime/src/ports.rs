@@ -630,9 +630,9 @@ impl SecretSource for DirSecrets {
 
 // ---------------------------------------------------------- saga tasks
 
-/// Answers to the saga steps a workflow engine waits on: Step Functions'
-/// `SendTaskSuccess` and `SendTaskFailure` on AWS. Answering a task that is
-/// already closed (answered before, timed out, or its execution stopped)
+/// Results of the saga steps a workflow engine waits on: Step Functions'
+/// `SendTaskSuccess` and `SendTaskFailure` on AWS. Sending the result of a
+/// task that is already closed (completed before, timed out, or its execution stopped)
 /// succeeds and changes nothing, so a redelivered step can answer again.
 #[async_trait]
 pub trait TaskAnswers: Send + Sync {

@@ -101,8 +101,8 @@ pub enum RecordOutcome {
     /// queue with the error as its reason; acknowledge it.
     DeadLettered(HandlerError),
     /// Failed permanently and kept out of the dead-letter queue, because
-    /// the caller answers with the failure: a saga step's command, whose
-    /// failure the saga handles with its compensations. Acknowledge it.
+    /// the caller sends the failure to the saga, whose compensations handle
+    /// it. Acknowledge it.
     Answered(HandlerError),
 }
 
@@ -128,8 +128,9 @@ pub async fn process_record(
 
 /// Processes a saga step's command like [`process_record`], except that a
 /// permanent failure is [`RecordOutcome::Answered`] instead of a dead
-/// letter: the saga answers the step with it and compensates, as the
-/// embedded runtime does for a command that carries a task token. A
+/// letter: the failure goes to the saga as the step's result and the saga
+/// compensates, as the embedded runtime does for a command that carries a
+/// task token. A
 /// retryable failure on the last receive still goes to the dead-letter
 /// queue, where a replay resumes the step.
 pub async fn process_saga_command(
@@ -163,7 +164,7 @@ async fn process(
         let outcome = run_steps(service, backend, authority, record).await;
         match outcome {
             Err(error) if answers_failures && !error.is_retryable() => {
-                warn!(service = queue, error_code = error.code(), %error, "A saga command failed permanently; the saga is answered with the failure.");
+                warn!(service = queue, error_code = error.code(), %error, "A saga command failed permanently; the failure is the saga step's result.");
                 RecordOutcome::Answered(error)
             }
             Err(error) => fail(service, backend, record, error).await,

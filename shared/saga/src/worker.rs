@@ -149,10 +149,10 @@ pub fn command_from_message(
                 .map(|command| (c.step.clone(), command.to_string()))
         }),
     };
-    // Without a readable cause (an emulator that drops it, or a cause cut
-    // at Step Functions' 32,768-character limit) the failed step is the
-    // first one without an output, since steps run in order; its command
-    // is rebuilt from the outputs before it, as when it was sent.
+    // A cause may be missing: an emulator drops it, and Step Functions cuts
+    // one over 32,768 characters. Then the failed step is the first one
+    // without an output, since steps run in order. Its command is rebuilt
+    // from the outputs before it, as when it was sent.
     let failed_step = match &cause {
         Some(cause) => Some(cause.step.clone()),
         None if message.phase == "compensation" => definition
