@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use underwrite_events::Envelope;
 use underwrite_runtime::{EmbeddedRuntime, Progress, RunOptions, SqliteStore, StateWrite, Store};
+use underwrite_saga::{SagaDefinition, SagaRunner, SagaStatus, load_saga, origination};
 
 use crate::config::Config;
 
@@ -100,16 +102,39 @@ pub struct RunArgs {
     pub republish: bool,
 }
 
-/// Publishes an input file unless it was published before; returns how many
-/// events were published. Invalid lines stop the publication unless
-/// `skip_invalid`, in which case they are written beside the file.
+/// The outcome of `publish_input` for one file.
+#[derive(Default)]
+pub struct PublishedInput {
+    /// Events published to the services' queues; 0 when the file was
+    /// published before.
+    pub published: usize,
+    /// Events for the saga runner, signed: applications that start a saga
+    /// and signals (such as `kfs.accepted`) for steps that wait. They are
+    /// returned even when the file was published before, as starting and
+    /// signalling are idempotent and a stop may have come between the two.
+    pub saga: Vec<Envelope>,
+}
+
+/// Publishes an input file unless it was published before. Invalid lines
+/// stop the publication unless `skip_invalid`, in which case they are written
+/// beside the file.
+///
+/// With a saga definition, the events that start or signal its sagas are
+/// set aside for the runner instead of being published. A signal must name
+/// a saga that exists or that an application in the same file starts; any
+/// other is an invalid line.
 pub async fn publish_input(
     runtime: &EmbeddedRuntime,
     path: &Path,
     skip_invalid: bool,
     republish: bool,
-) -> anyhow::Result<usize> {
-    let file = crate::input::read(path)?;
+    saga: Option<&SagaDefinition>,
+) -> anyhow::Result<PublishedInput> {
+    let mut file = crate::input::read(path)?;
+    let mut saga_events = Vec::new();
+    if let Some(definition) = saga {
+        saga_events = take_saga_events(runtime, definition, path, &mut file)?;
+    }
     if !file.rejected.is_empty() {
         for rejected in file.rejected.iter().take(20) {
             // Rejected lines may quote personal data, so they are redacted
@@ -124,11 +149,12 @@ pub async fn publish_input(
         if file.rejected.len() > 20 {
             eprintln!("... and {} more invalid lines", file.rejected.len() - 20);
         }
+        let valid = file.events.len() + saga_events.len();
         if !skip_invalid {
             bail!(
                 "{} of {} lines in {} are invalid; nothing was published. Fix them, or pass --skip-invalid to publish the valid lines",
                 file.rejected.len(),
-                file.rejected.len() + file.events.len(),
+                file.rejected.len() + valid,
                 path.display()
             );
         }
@@ -146,6 +172,7 @@ pub async fn publish_input(
             rejected_path.display()
         );
     }
+    runtime.sign_input(&mut saga_events)?;
     let marker_key = format!("input/{}", file.digest);
     let store: &dyn Store = runtime.store().as_ref();
     let marker = store.get(&marker_key).await?;
@@ -155,18 +182,78 @@ pub async fn publish_input(
             path.display(),
             &file.digest[..12]
         );
-        return Ok(0);
+        return Ok(PublishedInput {
+            published: 0,
+            saga: saga_events,
+        });
     }
     let record = serde_json::json!({
         "path": path.display().to_string(),
         "events": file.events.len(),
+        "saga_events": saga_events.len(),
         "rejected": file.rejected.len(),
     });
     let write = StateWrite::put_any(marker_key, &record);
     let mut events = file.events;
     runtime.sign_input(&mut events)?;
     runtime.publish_with(&events, &[write])?;
-    Ok(events.len())
+    Ok(PublishedInput {
+        published: events.len(),
+        saga: saga_events,
+    })
+}
+
+/// Moves the events that start or signal a saga of `definition` out of
+/// `file.events`. A signal for a saga that neither exists nor starts in
+/// the file becomes a rejected line.
+fn take_saga_events(
+    runtime: &EmbeddedRuntime,
+    definition: &SagaDefinition,
+    path: &Path,
+    file: &mut crate::input::InputFile,
+) -> anyhow::Result<Vec<Envelope>> {
+    let signal_types = definition.signal_types();
+    let events = std::mem::take(&mut file.events);
+    let lines = std::mem::take(&mut file.lines);
+    let started: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|event| event.event_type == definition.input_type)
+        .map(|event| event.subject.clone())
+        .collect();
+    let mut saga = Vec::new();
+    for (event, line) in events.into_iter().zip(lines) {
+        if event.event_type == definition.input_type {
+            saga.push(event);
+        } else if signal_types.contains(&event.event_type.as_str()) {
+            let known = started.contains(&event.subject)
+                || load_saga(runtime.store(), &event.subject)?.is_some();
+            if known {
+                saga.push(event);
+            } else {
+                file.rejected.push(crate::input::Rejected {
+                    line,
+                    reason: format!(
+                        "{} for {:?}, which has no {} saga: send its {} first, earlier in this file or in an earlier run",
+                        event.event_type, event.subject, definition.name, definition.input_type
+                    ),
+                    text: line_text(path, line)?,
+                });
+            }
+        } else {
+            file.events.push(event);
+            file.lines.push(line);
+        }
+    }
+    file.rejected.sort_by_key(|rejected| rejected.line);
+    Ok(saga)
+}
+
+/// Reads line `line` (1-based) of `path` again, for a line rejected after
+/// parsing.
+fn line_text(path: &Path, line: usize) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read input file {}", path.display()))?;
+    Ok(text.lines().nth(line - 1).unwrap_or_default().to_string())
 }
 
 /// Starts a spinner on stderr; indicatif draws nothing when stderr is not a terminal.
@@ -193,11 +280,14 @@ fn describe(progress: &Progress) -> String {
     )
 }
 
-/// Runs services until idle (or until stopped), showing progress.
+/// Runs services until idle (or until stopped), showing progress. With a
+/// saga runner, the sagas move on whenever the queues fall idle, so that
+/// each completed step sends the next command within the same run.
 pub async fn run_services(
     runtime: &EmbeddedRuntime,
     services: Vec<String>,
     until_idle: bool,
+    sagas: Option<&SagaRunner<'_>>,
 ) -> anyhow::Result<Progress> {
     let options = RunOptions {
         services,
@@ -214,17 +304,65 @@ pub async fn run_services(
     let bar = progress_bar("starting");
     let mut last_line = std::time::Instant::now();
     let interactive = console_is_terminal();
+    let mut advance = || match sagas {
+        Some(runner) => runner.advance().map_err(|error| error.to_string()),
+        None => Ok(0),
+    };
     let totals = runtime
-        .run(&options, &mut |progress| {
-            bar.set_message(describe(progress));
-            if !interactive && last_line.elapsed() >= Duration::from_secs(5) {
-                eprintln!("{}", describe(progress));
-                last_line = std::time::Instant::now();
-            }
-        })
+        .run_with_idle_work(
+            &options,
+            &mut |progress| {
+                bar.set_message(describe(progress));
+                if !interactive && last_line.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("{}", describe(progress));
+                    last_line = std::time::Instant::now();
+                }
+            },
+            &mut advance,
+        )
         .await?;
     bar.finish_and_clear();
     Ok(totals)
+}
+
+/// Starts a saga for each application and records each signal, in order;
+/// both are idempotent. Returns a line for people.
+fn feed_sagas(runner: &SagaRunner<'_>, events: &[Envelope]) -> anyhow::Result<String> {
+    let input_type = runner.definition().input_type;
+    let (mut started, mut already_started, mut signalled, mut repeated) = (0, 0, 0, 0);
+    for event in events {
+        if event.event_type == input_type {
+            if runner.start(event)? {
+                started += 1;
+            } else {
+                already_started += 1;
+            }
+        } else if runner.signal(event)? {
+            signalled += 1;
+        } else {
+            repeated += 1;
+        }
+    }
+    Ok(format!(
+        "Started {started} {} sagas ({already_started} had started before); recorded {signalled} signals ({repeated} repeats ignored).",
+        runner.definition().name
+    ))
+}
+
+/// Describes the sagas in the store by status, naming the command that
+/// lists those waiting for the borrower; empty when there are none.
+fn saga_line(runtime: &EmbeddedRuntime) -> anyhow::Result<Option<String>> {
+    let counts = underwrite_saga::status_counts(runtime)?;
+    if counts.is_empty() {
+        return Ok(None);
+    }
+    let mut line = format!("sagas: {}", crate::saga::format_counts(&counts));
+    if counts.get(&SagaStatus::Started).is_some_and(|n| *n > 0) {
+        line.push_str(
+            "; `underwrite saga waiting` lists those waiting for an event such as kfs.accepted",
+        );
+    }
+    Ok(Some(line))
 }
 
 fn console_is_terminal() -> bool {
@@ -234,17 +372,51 @@ fn console_is_terminal() -> bool {
 
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = open_runtime(config)?;
-    if let Some(path) = &args.input {
-        let count = publish_input(&runtime, path, args.skip_invalid, args.republish).await?;
-        eprintln!("Published {count} events from {}.", path.display());
-    }
+    let definition = origination();
+    let runner = SagaRunner::new(&runtime, &definition)?;
     let services = if args.services.is_empty() {
         config.services.clone()
     } else {
         args.services
     };
-    let totals = run_services(&runtime, services, args.until_idle).await?;
+    let mut before = None;
+    if let Some(path) = &args.input {
+        let input = publish_input(
+            &runtime,
+            path,
+            args.skip_invalid,
+            args.republish,
+            Some(&definition),
+        )
+        .await?;
+        eprintln!(
+            "Published {} events from {}.",
+            input.published,
+            path.display()
+        );
+        if !input.saga.is_empty() {
+            if input.published > 0 {
+                // The services handle the published events first, so that a
+                // consent granted in the same file is on record before the
+                // consent step of its application runs.
+                before = Some(run_services(&runtime, services.clone(), true, Some(&runner)).await?);
+            }
+            eprintln!("{}", feed_sagas(&runner, &input.saga)?);
+        }
+    }
+    let mut totals = run_services(&runtime, services, args.until_idle, Some(&runner)).await?;
+    if let Some(before) = before {
+        totals.handled += before.handled;
+        totals.duplicates += before.duplicates;
+        totals.retried += before.retried;
+        totals.dead_lettered += before.dead_lettered;
+        totals.answered_failures += before.answered_failures;
+        totals.emitted += before.emitted;
+    }
     println!("{}", describe(&totals));
+    if let Some(line) = saga_line(&runtime)? {
+        println!("{line}");
+    }
     if totals.dead_lettered > 0 {
         eprintln!(
             "{} events went to the dead-letter queue; list them with `underwrite dlq`.",

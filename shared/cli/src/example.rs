@@ -94,8 +94,8 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
     // 2. Origination: consent, fraud, risk, pricing, KFS, acceptance,
     // sanction and disbursal, as one saga per application.
     let runtime = crate::commands::open_runtime(&config)?;
-    crate::commands::publish_input(&runtime, &consents_path, false, false).await?;
-    crate::commands::run_services(&runtime, config.services.clone(), true).await?;
+    crate::commands::publish_input(&runtime, &consents_path, false, false, None).await?;
+    crate::commands::run_services(&runtime, config.services.clone(), true, None).await?;
     let definition = origination();
     let runner = SagaRunner::new(&runtime, &definition)?;
     let mut applications = inputs
@@ -152,8 +152,11 @@ pub async fn german_credit(config: &Config, args: GermanCreditArgs) -> anyhow::R
     );
 
     // 4. Events through the configured services.
-    let published = crate::commands::publish_input(&runtime, &events_path, false, false).await?;
-    let totals = crate::commands::run_services(&runtime, config.services.clone(), true).await?;
+    let published = crate::commands::publish_input(&runtime, &events_path, false, false, None)
+        .await?
+        .published;
+    let totals =
+        crate::commands::run_services(&runtime, config.services.clone(), true, None).await?;
     let dead = runtime.store().dead_letter_count()?;
     println!(
         "4/6 Published {published} events; services handled {} records and emitted {} events (classification changes and penal charges); {dead} dead letters",

@@ -100,7 +100,27 @@ pub fn load_authority(settings: &IdentitySettings) -> anyhow::Result<Option<Arc<
                 settings.key_dir.display()
             )
         })?;
+    warn_of_missing_grants(authority.policy(), &dir.policy_path());
     Ok(Some(Arc::new(authority)))
+}
+
+/// Warns when the policy file withholds types the services emit: a file
+/// written by an older release lacks the types added since, and the events
+/// of those types would go to the dead-letter queue as forbidden.
+fn warn_of_missing_grants(policy: &Policy, path: &std::path::Path) {
+    let missing = policy.missing_from(&default_policy());
+    if missing.is_empty() {
+        return;
+    }
+    let listed: Vec<String> = missing
+        .iter()
+        .map(|(identity, event_type)| format!("{identity} -> {event_type}"))
+        .collect();
+    tracing::warn!(
+        policy = %path.display(),
+        missing = %listed.join(", "),
+        "The emitter policy does not allow types the services emit; their events will be dead-lettered as forbidden. Add them to the policy file, or move the file away to have the default written."
+    );
 }
 
 /// Arguments of `underwrite identity`.

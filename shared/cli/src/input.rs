@@ -20,6 +20,8 @@ pub struct Rejected {
 pub struct InputFile {
     /// Events, in file order.
     pub events: Vec<Envelope>,
+    /// The 1-based line number of each event in `events`.
+    pub lines: Vec<usize>,
     /// Rejected lines, in file order.
     pub rejected: Vec<Rejected>,
     /// SHA-256 of the file's bytes, hex.
@@ -34,9 +36,10 @@ pub fn read(path: &Path) -> anyhow::Result<InputFile> {
     let digest = sha256_hex(&bytes);
     let text = String::from_utf8(bytes)
         .map_err(|e| anyhow::anyhow!("input file {} is not UTF-8: {e}", path.display()))?;
-    let (events, rejected) = parse_lines(&text);
+    let (events, lines, rejected) = parse_lines_numbered(&text);
     Ok(InputFile {
         events,
+        lines,
         rejected,
         digest,
     })
@@ -46,7 +49,15 @@ pub fn read(path: &Path) -> anyhow::Result<InputFile> {
 /// Ids must be unique within the text: a repeated id is rejected on its
 /// later line.
 pub fn parse_lines(text: &str) -> (Vec<Envelope>, Vec<Rejected>) {
+    let (events, _, rejected) = parse_lines_numbered(text);
+    (events, rejected)
+}
+
+/// Parses as `parse_lines` does, and also returns the line number of each
+/// event.
+fn parse_lines_numbered(text: &str) -> (Vec<Envelope>, Vec<usize>, Vec<Rejected>) {
     let mut events = Vec::new();
+    let mut lines = Vec::new();
     let mut rejected = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (index, line) in text.lines().enumerate() {
@@ -65,6 +76,7 @@ pub fn parse_lines(text: &str) -> (Vec<Envelope>, Vec<Rejected>) {
                     seen.insert(event.id.clone(), first);
                 } else {
                     events.push(event);
+                    lines.push(number);
                 }
             }
             Err(error) => rejected.push(Rejected {
@@ -74,7 +86,7 @@ pub fn parse_lines(text: &str) -> (Vec<Envelope>, Vec<Rejected>) {
             }),
         }
     }
-    (events, rejected)
+    (events, lines, rejected)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use underwrite_saga::{SagaStatus, StatusCounts, list_sagas, load_saga, origination, replay_saga};
+use underwrite_saga::steps::find_event;
+use underwrite_saga::{
+    Phase, SagaStatus, Source, StatusCounts, StepStatus, list_sagas, load_saga, origination,
+    replay_saga,
+};
 
 use crate::config::Config;
 
@@ -19,6 +23,12 @@ pub enum SagaCommand {
         /// Only sagas with this status: started, completed, compensating or rolled_back.
         #[arg(long)]
         status: Option<String>,
+    },
+    /// List the sagas waiting for an event from outside, such as the borrower's kfs.accepted, with the KFS to accept and the last day it is valid.
+    Waiting {
+        /// Print one JSON object per saga instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Sum up the sagas: applications, approvals, declines by step and reason, KFS issued, loans disbursed.
     Summary,
@@ -52,6 +62,7 @@ pub enum SagaCommand {
 pub async fn saga(config: &Config, command: SagaCommand) -> anyhow::Result<ExitCode> {
     match command {
         SagaCommand::List { status } => list(config, status.as_deref()),
+        SagaCommand::Waiting { json } => waiting(config, json),
         SagaCommand::Summary => summary(config),
         SagaCommand::Show { saga_id } => show(config, &saga_id),
         SagaCommand::Replay { saga_id } => replay(config, saga_id.as_deref()).await,
@@ -110,6 +121,89 @@ pub fn format_counts(counts: &StatusCounts) -> String {
         .map(|(status, count)| format!("{count} {status}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A saga whose step waits for an event from outside.
+#[derive(serde::Serialize)]
+struct Waiting {
+    saga_id: String,
+    step: String,
+    waits_for: String,
+    proposal_number: Option<String>,
+    issued_on: Option<String>,
+    valid_until: Option<String>,
+}
+
+fn waiting(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let store = crate::commands::open_store(config)?;
+    let definition = origination();
+    let mut rows = Vec::new();
+    for listed in list_sagas(&store, Some(SagaStatus::Started))? {
+        let Some(saga) = load_saga(&store, &listed.saga_id)? else {
+            continue;
+        };
+        let Some(step) = saga
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.phase == Phase::Forward && s.status == StepStatus::Waiting)
+        else {
+            continue;
+        };
+        let waits_for = match definition.step(&step.step).map(|s| s.source) {
+            Some(Source::Signal { event_type }) => event_type.to_string(),
+            _ => continue,
+        };
+        // The KFS the borrower is to accept, from the events of the kfs step.
+        let issued: Option<serde_json::Value> = saga
+            .forward("kfs")
+            .and_then(|kfs| kfs.answer.as_deref())
+            .and_then(|answer| find_event(answer, "kfs.issued"))
+            .and_then(|event| serde_json::from_str(&event).ok());
+        let field = |name: &str| {
+            issued
+                .as_ref()
+                .and_then(|event| event["payload"][name].as_str())
+                .map(str::to_string)
+        };
+        rows.push(Waiting {
+            saga_id: saga.saga_id.clone(),
+            step: step.step.clone(),
+            waits_for,
+            proposal_number: field("proposal_number"),
+            issued_on: field("issued_on"),
+            valid_until: field("valid_until"),
+        });
+    }
+    if json {
+        crate::commands::print_json_lines(&rows);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("No saga waits for an event.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<11} {:<13} {:<32} {:<10} valid until",
+        "saga", "step", "waits for", "proposal number", "issued on"
+    );
+    let none = || "-".to_string();
+    for row in &rows {
+        println!(
+            "{:<24} {:<11} {:<13} {:<32} {:<10} {}",
+            row.saga_id,
+            row.step,
+            row.waits_for,
+            row.proposal_number.clone().unwrap_or_else(none),
+            row.issued_on.clone().unwrap_or_else(none),
+            row.valid_until.clone().unwrap_or_else(none),
+        );
+    }
+    println!(
+        "{} sagas wait. Send each borrower's acceptance as a kfs.accepted input event with `underwrite run --input FILE`; an acceptance after the valid-until date ends the saga rolled back.",
+        rows.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn summary(config: &Config) -> anyhow::Result<ExitCode> {

@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{error, info, warn};
 use underwrite_events::{Envelope, parse_input_line};
-use underwrite_runtime::{Clock, Counter, EmbeddedRuntime, RunOptions, SystemClock};
+use underwrite_runtime::{Clock, Counter, EmbeddedRuntime, RunError, RunOptions, SystemClock};
+use underwrite_saga::{SagaRunner, load_saga, origination};
 
 use crate::config::Config;
 
@@ -95,6 +96,9 @@ struct AppState {
     limiter: Option<Mutex<RateLimiter>>,
     clock: Arc<dyn Clock>,
     accepting: AtomicBool,
+    /// Set after ingest starts or signals a saga, so that the driver moves
+    /// the sagas on at its next idle poll.
+    saga_wake: Arc<AtomicBool>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -153,6 +157,9 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
     // keeps a batch transaction open, and an accepted event must not depend
     // on that batch committing.
     let ingest = Arc::new(crate::commands::open_runtime(config)?);
+    // Fail at start-up, not in the driver, if a saga step has no service.
+    SagaRunner::new(&runtime, &origination())?;
+    let saga_wake = Arc::new(AtomicBool::new(false));
 
     let signal = install_signal_handlers()?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -175,6 +182,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
             .map(|limit| Mutex::new(RateLimiter::new(limit))),
         clock: Arc::new(SystemClock),
         accepting: AtomicBool::new(true),
+        saga_wake: saga_wake.clone(),
     });
     if state.token_digest.is_none() {
         warn!("UNDERWRITE_API_TOKEN is not set: POST /v1/events accepts requests without a token.");
@@ -187,6 +195,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         stop: stop.clone(),
         poll_interval: Duration::from_millis(100),
         snapshot_as: Some("serve"),
+        idle_wake: saga_wake,
     };
     let (done_sender, done) = tokio::sync::oneshot::channel();
     let driver_ended = Arc::new(tokio::sync::Notify::new());
@@ -201,7 +210,17 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
                 .enable_all()
                 .build()
                 .expect("driver runtime starts");
-            let result = executor.block_on(run_runtime.run(&options, &mut |_| {}));
+            // Origination sagas move on whenever the queues fall idle.
+            let definition = origination();
+            let result = executor.block_on(async {
+                let runner = SagaRunner::new(&run_runtime, &definition)
+                    .map_err(|error| RunError::IdleWork(error.to_string()))?;
+                run_runtime
+                    .run_with_idle_work(&options, &mut |_| {}, &mut || {
+                        runner.advance().map_err(|error| error.to_string())
+                    })
+                    .await
+            });
             let _ = done_sender.send(result);
             driver_ended_sender.notify_one();
         })?;
@@ -515,8 +534,23 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
         );
     }
     let ingest = state.ingest.clone();
-    let published = tokio::task::spawn_blocking(move || ingest.publish(&events)).await;
+    let wake = state.saga_wake.clone();
+    let published =
+        tokio::task::spawn_blocking(move || publish_events(&ingest, events, &wake)).await;
     match published {
+        Ok(Err(IngestFailure::Invalid(errors))) => {
+            info!(
+                invalid = errors.len(),
+                "Rejected a POST /v1/events request with signals for unknown sagas."
+            );
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": format!("{} invalid events; nothing was published. Fix them and send the request again", errors.len()),
+                    "invalid": errors.iter().take(20).collect::<Vec<_>>(),
+                }),
+            )
+        }
         Ok(Ok(())) => {
             state
                 .runtime
@@ -524,7 +558,7 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
                 .add(Counter::EventsIngested, count as u64);
             json_response(StatusCode::ACCEPTED, json!({"accepted": count}))
         }
-        Ok(Err(error)) => {
+        Ok(Err(IngestFailure::Store(error))) => {
             state.runtime.metrics().increment(Counter::StoreIoError);
             error!(%error, events = count, "Failed to publish ingested events.");
             problem(
@@ -534,6 +568,79 @@ async fn ingest(State(state): State<Arc<AppState>>, headers: HeaderMap, body: St
         }
         Err(error) => problem(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
+}
+
+/// The reason ingested events were not published.
+enum IngestFailure {
+    /// Events that name something that does not exist, each with its reason.
+    Invalid(Vec<String>),
+    /// The store failed.
+    Store(String),
+}
+
+/// Publishes ingested events. An application starts its origination saga,
+/// and a signal (such as `kfs.accepted`) goes to the saga waiting for it.
+/// The other events go to the services' queues. A signal for a saga that
+/// neither exists nor starts in the same request rejects the whole request
+/// before anything is published.
+fn publish_events(
+    ingest: &EmbeddedRuntime,
+    events: Vec<Envelope>,
+    wake: &AtomicBool,
+) -> Result<(), IngestFailure> {
+    let store_failed = |error: &dyn std::fmt::Display| IngestFailure::Store(error.to_string());
+    let definition = origination();
+    let signal_types = definition.signal_types();
+    let starts: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|event| event.event_type == definition.input_type)
+        .map(|event| event.subject.as_str())
+        .collect();
+    let mut invalid = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        if signal_types.contains(&event.event_type.as_str())
+            && !starts.contains(event.subject.as_str())
+            && load_saga(ingest.store(), &event.subject)
+                .map_err(|error| store_failed(&error))?
+                .is_none()
+        {
+            invalid.push(format!(
+                "event {index} (id {:?}): {} for {:?}, which has no {} saga: send its {} first",
+                event.id.as_str(),
+                event.event_type,
+                event.subject,
+                definition.name,
+                definition.input_type
+            ));
+        }
+    }
+    if !invalid.is_empty() {
+        return Err(IngestFailure::Invalid(invalid));
+    }
+
+    let (saga, queued): (Vec<Envelope>, Vec<Envelope>) = events.into_iter().partition(|event| {
+        event.event_type == definition.input_type
+            || signal_types.contains(&event.event_type.as_str())
+    });
+    ingest
+        .publish(&queued)
+        .map_err(|error| store_failed(&error))?;
+
+    if saga.is_empty() {
+        return Ok(());
+    }
+    let runner = SagaRunner::new(ingest, &definition).map_err(|error| store_failed(&error))?;
+    for event in &saga {
+        // Both are idempotent: a repeated request starts or signals nothing new.
+        let fed = if event.event_type == definition.input_type {
+            runner.start(event)
+        } else {
+            runner.signal(event)
+        };
+        fed.map_err(|error| store_failed(&error))?;
+    }
+    wake.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 #[cfg(test)]

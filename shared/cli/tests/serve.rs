@@ -743,3 +743,86 @@ fn restore_returns_to_backup() {
     let verify = underwrite(dir.path(), &["audit", "verify"]);
     assert!(verify.status.success(), "{}", text(&verify));
 }
+
+/// Polls `underwrite saga waiting --json` until it lists `saga`, and returns
+/// its row.
+fn wait_for_waiting(dir: &Path, saga: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let output = underwrite(dir, &["saga", "waiting", "--json"]);
+        assert!(output.status.success(), "{}", text(&output));
+        let found = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .find(|row| row["saga_id"] == saga);
+        if let Some(row) = found {
+            return row;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "saga {saga} did not wait within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn posted_application_runs_its_saga() {
+    use underwrite_tests::origination::{application, consent_granted};
+    let dir = tempfile::tempdir().unwrap();
+    // Every service, so that the origination saga can run.
+    let config = json!({
+        "queues": { "visibility_timeout_ms": 2000, "max_receive_count": 5, "batch_size": 10 }
+    });
+    std::fs::write(dir.path().join("underwrite.json"), config.to_string()).unwrap();
+    let server = Server::start(dir.path(), &["--shutdown-timeout", "2"], None);
+
+    let body = [
+        consent_granted("C-B1", "B1", "2024-06-01", "2025-05-31"),
+        application("A1", "B1", "2024-06-07"),
+    ]
+    .join("\n");
+    let accepted = post_events(&server.address, &body, None).unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let row = wait_for_waiting(dir.path(), "A1", Duration::from_secs(30));
+    assert_eq!(row["waits_for"], "kfs.accepted");
+    let proposal = row["proposal_number"].as_str().unwrap().to_string();
+
+    // An acceptance for an application the server never received is
+    // refused whole.
+    let acceptance = |id: &str, proposal: &str| {
+        json!({
+            "id": format!("accept-{id}"), "type": "kfs.accepted",
+            "occurred_at": "2024-06-07T15:00:00+05:30",
+            "payload": { "application_id": id, "proposal_number": proposal, "accepted_on": "2024-06-07" },
+        })
+        .to_string()
+    };
+    let refused = post_events(&server.address, &acceptance("A9", "KFS-A9-20240607"), None).unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("which has no origination saga"),
+        "{}",
+        refused.body
+    );
+
+    let accepted = post_events(&server.address, &acceptance("A1", &proposal), None).unwrap();
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let started = Instant::now();
+    loop {
+        let list = text(&underwrite(dir.path(), &["saga", "list"]));
+        if list.contains("1 sagas: 1 completed") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "A1 did not complete: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = text(&underwrite(dir.path(), &["saga", "show", "A1"]));
+    assert!(shown.contains("loan.disbursed"), "{shown}");
+    server.signal(libc::SIGTERM);
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "{stderr}");
+}

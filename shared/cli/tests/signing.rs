@@ -133,6 +133,36 @@ fn identity_writes_owner_only_key() {
 }
 
 #[test]
+fn stale_policy_file_is_named_at_start() {
+    // A policy file from an older release: mechanism may emit disbursals
+    // but not the sanctions and cooling-off exit amounts added since.
+    let dir = workspace(json!({}));
+    let output = underwrite(dir.path(), &["list"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        !text(&output).contains("emitter policy"),
+        "{}",
+        text(&output)
+    );
+    let path = dir.path().join("keys/policy.json");
+    let mut policy: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    policy["emitters"]["mechanism"] = json!(["loan.disbursed"]);
+    std::fs::write(&path, policy.to_string()).unwrap();
+
+    let output = underwrite(dir.path(), &["list"]);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("The emitter policy does not allow types the services emit"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mechanism -> loan.cooling_off_exit.computed, mechanism -> loan.sanctioned"),
+        "{out}"
+    );
+}
+
+#[test]
 fn readable_key_file_stops_run() {
     let dir = workspace(json!({}));
     assert!(

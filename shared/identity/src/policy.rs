@@ -77,6 +77,21 @@ impl Policy {
             .is_some_and(|types| types.contains(event_type) || types.contains("*"))
     }
 
+    /// Lists the (identity, event type) grants of `other` that this policy
+    /// does not give, such as the types a newer release's services emit
+    /// that a policy file written by an older release lacks.
+    pub fn missing_from(&self, other: &Policy) -> Vec<(String, String)> {
+        let mut missing = Vec::new();
+        for (identity, types) in &other.emitters {
+            for event_type in types {
+                if !self.allows(identity, event_type) {
+                    missing.push((identity.clone(), event_type.clone()));
+                }
+            }
+        }
+        missing
+    }
+
     /// Lists the types `identity` may emit, comma-separated, for messages.
     pub fn allowed_types(&self, identity: &str) -> String {
         match self.emitters.get(identity) {

@@ -57,6 +57,10 @@ pub struct RunOptions {
     /// The command name stored with the run's metrics snapshot, such as
     /// `run` or `serve`; `None` stores no snapshot.
     pub snapshot_as: Option<&'static str>,
+    /// A flag another thread sets, such as after recording a saga signal,
+    /// so that `run_with_idle_work` calls its idle work at the next idle
+    /// poll even though no batch ran. The call clears it.
+    pub idle_wake: Arc<AtomicBool>,
 }
 
 impl Default for RunOptions {
@@ -67,6 +71,7 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             poll_interval: Duration::from_millis(200),
             snapshot_as: None,
+            idle_wake: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -85,6 +90,9 @@ pub enum RunError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The work run when the queues fall idle failed.
+    #[error("{0}")]
+    IdleWork(String),
 }
 
 /// The embedded runtime: registered services over one SQLite store.
@@ -364,6 +372,22 @@ impl EmbeddedRuntime {
         options: &RunOptions,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Progress, RunError> {
+        self.run_with_idle_work(options, progress, &mut || Ok(0))
+            .await
+    }
+
+    /// Runs the selected services as `run` does, and calls `idle_work`
+    /// whenever every queue is empty after some batch handled records (and
+    /// once at the start). `idle_work` returns how many things it moved on,
+    /// such as saga transitions that queued new commands. When it moved
+    /// any, the services run again before the run may end at idle.
+    pub async fn run_with_idle_work(
+        &self,
+        options: &RunOptions,
+        progress: &mut dyn FnMut(&Progress),
+        idle_work: &mut dyn FnMut() -> Result<usize, String>,
+    ) -> Result<Progress, RunError> {
+        let mut work_since_idle = true;
         let services = self.selected(&options.services)?;
         let queues: Vec<&str> = services.iter().map(|s| s.name()).collect();
         let mut totals = Progress::default();
@@ -444,7 +468,15 @@ impl EmbeddedRuntime {
                     progress(&totals);
                     last_progress = std::time::Instant::now();
                 }
+                work_since_idle = true;
                 continue;
+            }
+            if work_since_idle || options.idle_wake.swap(false, Ordering::SeqCst) {
+                work_since_idle = false;
+                if idle_work().map_err(RunError::IdleWork)? > 0 {
+                    work_since_idle = true;
+                    continue;
+                }
             }
             let next = if active.is_empty() {
                 None

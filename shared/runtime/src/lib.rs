@@ -25,7 +25,7 @@ pub mod sqlite_ports;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use driver::{EmbeddedRuntime, Progress, RunOptions};
+pub use driver::{EmbeddedRuntime, Progress, RunError, RunOptions};
 pub use metrics::{Counter, Metrics, MetricsSnapshot};
 pub use queue::{DeadLetter, QueueSettings};
 pub use resilience::{

@@ -107,6 +107,18 @@ impl SagaDefinition {
         routes
     }
 
+    /// Lists the event types from outside the saga that its steps wait
+    /// for, such as `kfs.accepted`.
+    pub fn signal_types(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter_map(|step| match step.source {
+                Source::Signal { event_type } => Some(event_type),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Lists the queues the saga sends to.
     pub fn services(&self) -> Vec<&'static str> {
         let mut services: Vec<&'static str> = self
