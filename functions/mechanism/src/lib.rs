@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use underwrite_domain::{DueDayRule, LoanLedger, Paise, Payment, ProductCatalog, Schedule};
 use underwrite_events::payloads::{LoanDisbursed, RepaymentReceived, RepaymentReversed};
 use underwrite_events::{Envelope, EventPayload};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{ParsedCache, read_state};
 
 mod origination;
 
@@ -113,12 +113,21 @@ impl<'de> Deserialize<'de> for LoanRecord {
 /// The mechanism service.
 pub struct Mechanism {
     products: ProductCatalog,
+    /// Loan records as last read or written, so that a loan's next
+    /// repayment skips parsing its JSON and rebuilding its schedule.
+    loans: ParsedCache<LoanRecord>,
 }
+
+/// Loan records kept parsed between repayments; about 1.5 KB of JSON each.
+const LOAN_CACHE_LIMIT: usize = 16_384;
 
 impl Mechanism {
     /// A mechanism service with these product settings.
     pub fn new(products: ProductCatalog) -> Self {
-        Mechanism { products }
+        Mechanism {
+            products,
+            loans: ParsedCache::new(LOAN_CACHE_LIMIT),
+        }
     }
 }
 
@@ -281,11 +290,13 @@ impl Service for Mechanism {
             EventPayload::RepaymentReceived(RepaymentReceived { loan_id, .. })
             | EventPayload::RepaymentReversed(RepaymentReversed { loan_id, .. }) => {
                 let key = loan_key(loan_id.as_str());
-                let (existing, read) = read_state::<LoanRecord>(context.store, &key).await?;
+                let (existing, read) = self.loans.read(context.store, &key).await?;
                 let mut record =
                     existing.ok_or_else(|| loan_not_found(loan_id.as_str(), &event.event_type))?;
                 if apply_to_record(&mut record, &payload)? {
-                    outcome.writes.push(StateWrite::put(key, &record, &read));
+                    let write = StateWrite::put(key, &record, &read);
+                    self.loans.keep(&write, record);
+                    outcome.writes.push(write);
                 }
             }
             EventPayload::KfsAccepted(accepted) => {

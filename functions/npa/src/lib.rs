@@ -32,7 +32,7 @@ use underwrite_domain::{BusinessDate, ClassificationPolicy, ProductCatalog};
 use underwrite_events::payloads::{ClassChanged, DlgTriggered, LoanDisbursed, Revision};
 use underwrite_events::{Envelope, EventId, EventPayload};
 use underwrite_mechanism::{LoanRecord, apply_to_record, disburse, loan_not_found};
-use underwrite_runtime::service::read_state;
+use underwrite_runtime::service::{ParsedCache, read_state};
 use underwrite_runtime::{Context, HandlerError, Outcome, Service, StateWrite, Store, Versioned};
 
 use crate::timeline::{Change, Checkpoint, DayState, Facility, Transition, walk};
@@ -156,7 +156,13 @@ impl BorrowerBook {
 pub struct Npa {
     policy: ClassificationPolicy,
     products: ProductCatalog,
+    /// Borrower books as last read or written, so that a borrower's next
+    /// event skips parsing the book's JSON.
+    books: ParsedCache<BorrowerBook>,
 }
+
+/// Borrower books kept parsed between events; about 1 KB of JSON each.
+const BOOK_CACHE_LIMIT: usize = 16_384;
 
 /// Writes and emits collected while handling one event.
 struct Effects<'a> {
@@ -191,7 +197,11 @@ impl Effects<'_> {
 impl Npa {
     /// Creates an npa service with this classification policy and product settings.
     pub fn new(policy: ClassificationPolicy, products: ProductCatalog) -> Self {
-        Npa { policy, products }
+        Npa {
+            policy,
+            products,
+            books: ParsedCache::new(BOOK_CACHE_LIMIT),
+        }
     }
 
     /// Re-derives `book` through `through`, emitting announcements,
@@ -392,7 +402,7 @@ impl Npa {
             ));
         }
         let key = borrower_key(borrower_id);
-        let (book, book_read) = read_state::<BorrowerBook>(context.store, &key).await?;
+        let (book, book_read) = self.books.read(context.store, &key).await?;
         let mut book = book.unwrap_or_default();
         let existing = book.loans.get(terms.loan_id.as_str()).cloned();
         let Some(record) = disburse(&self.products, terms, existing)? else {
@@ -415,11 +425,21 @@ impl Npa {
             },
             &index_read,
         ));
-        effects
-            .outcome
-            .writes
-            .push(StateWrite::put(key, &book, &book_read));
+        self.put_book(effects, key, book, &book_read);
         Ok(())
+    }
+
+    /// Writes a borrower's book and keeps it parsed for the next event.
+    fn put_book(
+        &self,
+        effects: &mut Effects<'_>,
+        key: String,
+        book: BorrowerBook,
+        read: &Option<Versioned>,
+    ) {
+        let write = StateWrite::put(key, &book, read);
+        self.books.keep(&write, book);
+        effects.outcome.writes.push(write);
     }
 
     async fn on_payment(
@@ -432,7 +452,7 @@ impl Npa {
         let (index, _) = read_state::<LoanIndex>(context.store, &loan_key(loan_id)).await?;
         let index = index.ok_or_else(|| loan_not_found(loan_id, payload.event_type().as_str()))?;
         let key = borrower_key(&index.borrower_id);
-        let (book, book_read) = read_state::<BorrowerBook>(context.store, &key).await?;
+        let (book, book_read) = self.books.read(context.store, &key).await?;
         let mut book =
             book.ok_or_else(|| loan_not_found(loan_id, payload.event_type().as_str()))?;
         let record = book
@@ -465,10 +485,7 @@ impl Npa {
             changed_from,
             effects,
         );
-        effects
-            .outcome
-            .writes
-            .push(StateWrite::put(key, &book, &book_read));
+        self.put_book(effects, key, book, &book_read);
         Ok(())
     }
 
@@ -493,13 +510,10 @@ impl Npa {
         }
         for borrower_id in &borrowers {
             let key = borrower_key(borrower_id);
-            let (book, read) = read_state::<BorrowerBook>(context.store, &key).await?;
+            let (book, read) = self.books.read(context.store, &key).await?;
             let Some(mut book) = book else { continue };
             self.evaluate(borrower_id, &mut book, Some(date), through, None, effects);
-            effects
-                .outcome
-                .writes
-                .push(StateWrite::put(key, &book, &read));
+            self.put_book(effects, key, book, &read);
         }
         effects.outcome.writes.push(StateWrite::put(
             CALENDAR_KEY,

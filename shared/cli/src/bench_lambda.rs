@@ -397,8 +397,8 @@ pub async fn bench_lambda(args: LambdaBenchArgs) -> anyhow::Result<ExitCode> {
         "machine: {} logical CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    // With --binary alone, the cold start is timed without the zips: the
-    // zip line then says they were not measured instead of failing the run.
+    // With --binary alone, the cold start is timed without the zips, and
+    // the zip line reports them as not measured instead of failing the run.
     let mut all_meet = match (zip_sizes(&args.zips), &args.binary) {
         (Ok(sizes), _) => report_zips(&sizes),
         (Err(error), Some(_)) => {

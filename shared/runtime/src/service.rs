@@ -166,3 +166,83 @@ pub async fn read_state<T: serde::de::DeserializeOwned>(
     };
     Ok((parsed, read))
 }
+
+/// Parsed state values kept by a service between records, each with the
+/// exact JSON text it was parsed from or written as.
+///
+/// A read reuses a kept value only when the stored text is the same byte
+/// for byte, so a write that was rolled back, or made by another process,
+/// is parsed afresh. A value is taken out of the cache when read and put
+/// back when written, so it is never cloned. The type must read back from
+/// its own JSON unchanged (no skipped fields).
+pub struct ParsedCache<T> {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, T)>>,
+    limit: usize,
+}
+
+impl<T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug> ParsedCache<T> {
+    /// Creates a cache of at most `limit` values; it empties when full.
+    pub fn new(limit: usize) -> Self {
+        ParsedCache {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            limit,
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, T)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads and parses `key` as `read_state` does, taking the kept value
+    /// instead of parsing when its text matches the stored text.
+    pub async fn read(
+        &self,
+        store: &dyn Store,
+        key: &str,
+    ) -> Result<(Option<T>, Option<crate::store::Versioned>), HandlerError> {
+        let read = store.get(key).await?;
+        let Some(versioned) = &read else {
+            return Ok((None, None));
+        };
+        let kept = {
+            let mut entries = self.entries();
+            match entries.remove(key) {
+                Some((json, value)) if json == versioned.json => Some(value),
+                _ => None,
+            }
+        };
+        if let Some(value) = kept {
+            return Ok((Some(value), read));
+        }
+        let parsed = versioned.parse(key).map_err(|error| {
+            HandlerError::permanent(
+                "store_corrupt",
+                format!("stored value does not match its type: {error}"),
+            )
+        })?;
+        Ok((Some(parsed), read))
+    }
+
+    /// Keeps `value` as the parsed form of the text `write` puts, for the
+    /// next read of its key. A delete keeps nothing.
+    pub fn keep(&self, write: &StateWrite, value: T) {
+        let Some(json) = &write.value else {
+            return;
+        };
+        // Tests check the round trip the reuse relies on: the text parses
+        // back to the value kept.
+        debug_assert_eq!(
+            serde_json::from_str::<T>(json).ok().as_ref(),
+            Some(&value),
+            "{} does not read back from its own JSON",
+            write.key
+        );
+        let mut entries = self.entries();
+        if entries.len() >= self.limit {
+            entries.clear();
+        }
+        entries.insert(write.key.clone(), (json.clone(), value));
+    }
+}

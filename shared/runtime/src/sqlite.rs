@@ -73,6 +73,52 @@ pub const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; P
 pub struct SqliteStore {
     path: PathBuf,
     connection: Mutex<Connection>,
+    checkpointer: Mutex<Option<Checkpointer>>,
+    /// Set when a record failed part-way through its commit inside the open
+    /// batch; the batch then rolls back instead of committing.
+    batch_failed: std::sync::atomic::AtomicBool,
+}
+
+/// The error message of a batch rolled back after a record failed part-way
+/// through its commit.
+const BATCH_FAILED: &str = "a record of this batch failed part-way through its commit, so the batch was rolled back; its messages return to the queue after the visibility timeout";
+
+/// How often the checkpointer copies the pages committed since its last
+/// pass from the WAL into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The automatic checkpoint of the store's own connection while a
+/// checkpointer runs: 100,000 WAL pages (400 MiB at 4 KiB pages), a bound
+/// for a checkpointer that falls behind rather than the usual path.
+const FALLBACK_CHECKPOINT_PAGES: u32 = 100_000;
+
+/// A thread with a connection of its own that checkpoints the WAL.
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.thread().unpark();
+        // The thread's loop has no panicking call; a join error would only
+        // repeat a panic message already printed.
+        let _ = self.thread.join();
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let checkpointer = self
+            .checkpointer
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.stop();
+        }
+    }
 }
 
 pub(crate) fn unavailable(error: rusqlite::Error) -> StoreError {
@@ -99,9 +145,60 @@ impl SqliteStore {
         let store = SqliteStore {
             path,
             connection: Mutex::new(connection),
+            checkpointer: Mutex::new(None),
+            batch_failed: std::sync::atomic::AtomicBool::new(false),
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Moves WAL checkpoints off the store's connection onto a thread with
+    /// a connection of its own, which checkpoints every 250 ms. A commit
+    /// then no longer waits while a checkpoint copies pages and syncs the
+    /// database file, and that work runs on another core. The WAL keeps the
+    /// same durability: commits are in the WAL, and a checkpoint copies
+    /// them. Calling it again does nothing; the thread stops when the store
+    /// is dropped.
+    pub fn start_checkpointer(&self) -> Result<(), StoreError> {
+        let mut slot = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        let connection = Connection::open(&self.path).map_err(|error| {
+            StoreError::Unavailable(format!(
+                "failed to open a checkpoint connection to {}: {error}",
+                self.path.display()
+            ))
+        })?;
+        connection.execute_batch(PRAGMAS).map_err(unavailable)?;
+        self.lock()
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint={FALLBACK_CHECKPOINT_PAGES}"
+            ))
+            .map_err(unavailable)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::park_timeout(CHECKPOINT_INTERVAL);
+                    // A passive checkpoint copies the pages no reader still
+                    // needs and does not wait for locks (SQLite's
+                    // sqlite3_wal_checkpoint_v2). A failed pass is retried at
+                    // the next interval, and the store's own connection
+                    // checkpoints past the fallback bound.
+                    let _ = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|error| {
+                StoreError::Unavailable(format!("failed to start the checkpoint thread: {error}"))
+            })?;
+        *slot = Some(Checkpointer { stop, thread });
+        Ok(())
     }
 
     /// Returns the file's path.
@@ -226,16 +323,16 @@ impl SqliteStore {
             for row in rows {
                 messages.push(row.map_err(unavailable)?);
             }
-            let mut hide = tx
-                .prepare_cached("UPDATE queue_messages SET visible_ms = ?1, receive_count = receive_count + 1 WHERE seq = ?2")
-                .map_err(unavailable)?;
-            for message in &messages {
-                hide.execute(params![
-                    now + settings.visibility_timeout_ms as i64,
-                    message.seq
-                ])
-                .map_err(unavailable)?;
-            }
+            // One statement hides the whole batch.
+            let seqs: Vec<i64> = messages.iter().map(|message| message.seq).collect();
+            let seqs = serde_json::to_string(&seqs).expect("a list of integers serialises");
+            tx.prepare_cached(
+                "UPDATE queue_messages SET visible_ms = ?1, receive_count = receive_count + 1
+                 WHERE seq IN (SELECT value FROM json_each(?2))",
+            )
+            .map_err(unavailable)?
+            .execute(params![now + settings.visibility_timeout_ms as i64, seqs])
+            .map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
         Ok(messages)
@@ -247,13 +344,23 @@ impl SqliteStore {
     /// The receive that hid the batch's messages committed before this, so
     /// their receive counts survive a crash mid-batch.
     pub fn begin_batch(&self) -> Result<(), StoreError> {
+        self.batch_failed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.lock()
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(unavailable)
     }
 
-    /// Commits the batch transaction.
+    /// Commits the batch transaction, or rolls it back and fails when a
+    /// record failed part-way through its commit.
     pub fn end_batch(&self) -> Result<(), StoreError> {
+        if self
+            .batch_failed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.lock().execute_batch("ROLLBACK").map_err(unavailable)?;
+            return Err(StoreError::Unavailable(BATCH_FAILED.into()));
+        }
         self.lock().execute_batch("COMMIT").map_err(unavailable)
     }
 
@@ -273,6 +380,27 @@ impl SqliteStore {
             .optional()
             .map_err(unavailable)?;
         Ok(found.is_some())
+    }
+
+    /// Returns which of `event_ids` `service` has completed, with one query
+    /// for a whole batch.
+    pub fn completed_among(
+        &self,
+        service: &str,
+        event_ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let ids = serde_json::to_string(event_ids).expect("a list of strings serialises");
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT event_id FROM idempotency WHERE service = ?1 AND status = 'complete'
+                 AND event_id IN (SELECT value FROM json_each(?2))",
+            )
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map(params![service, ids], |row| row.get(0))
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)
     }
 
     /// Deletes a handled message.
@@ -298,65 +426,30 @@ impl SqliteStore {
         writes: &[StateWrite],
         outputs: &[(Vec<&str>, String, String)],
     ) -> Result<CommitResult, StoreError> {
-        let message_seq = message.seq;
         let connection = self.lock();
-        let tx = RecordSavepoint::open(&connection)?;
-        let now = now_ms();
-        // The outputs are JSON texts already, so the array is joined as text.
-        let mut output_array = String::with_capacity(
-            2 + outputs
-                .iter()
-                .map(|(_, _, body)| body.len() + 1)
-                .sum::<usize>(),
-        );
-        output_array.push('[');
-        for (position, (_, _, body)) in outputs.iter().enumerate() {
-            if position > 0 {
-                output_array.push(',');
-            }
-            output_array.push_str(body);
-        }
-        output_array.push(']');
-        // The idempotency record goes first: its primary key finds an event
-        // already complete, and then nothing else is applied.
-        let inserted = tx
-            .prepare_cached("INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4) ON CONFLICT (service, event_id) DO NOTHING")
-            .map_err(unavailable)?
-            .execute(params![service, event_id, output_array, now])
-            .map_err(unavailable)?;
-        if inserted == 0 {
-            if let Some(token) = &message.task_token {
-                let stored_outputs: String = tx
-                    .prepare_cached(
-                        "SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2",
-                    )
-                    .map_err(unavailable)?
-                    .query_row(params![service, event_id], |row| row.get(0))
-                    .map_err(unavailable)?;
-                insert_answer(&tx, token, None, &stored_outputs, now)?;
-            }
-            tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
-                .map_err(unavailable)?
-                .execute([message_seq])
-                .map_err(unavailable)?;
+        if connection.is_autocommit() {
+            // No batch is open: the savepoint is the record's transaction.
+            let tx = RecordSavepoint::open(&connection)?;
+            let result = apply_commit(&tx, service, message, event_id, writes, outputs)?;
             tx.release()?;
-            return Ok(CommitResult::Duplicate);
+            return Ok(result);
         }
-        for write in writes {
-            apply_write(&tx, write, now)?;
+        // Inside a batch, a record commits without a savepoint of its own,
+        // which saves journaling each page it changes. The conditions of its
+        // writes are checked before anything is written, so a conflict
+        // leaves the batch as it was. Any later failure is a store failure
+        // part-way through the record, and the whole batch rolls back.
+        if self.batch_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(BATCH_FAILED.into()));
         }
-        for (queues, id, body) in outputs {
-            enqueue(&tx, queues, id, body, now)?;
-        }
-        if let Some(token) = &message.task_token {
-            insert_answer(&tx, token, None, &output_array, now)?;
-        }
-        tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
-            .map_err(unavailable)?
-            .execute([message_seq])
-            .map_err(unavailable)?;
-        tx.release()?;
-        Ok(CommitResult::Committed)
+        apply_commit(&connection, service, message, event_id, writes, outputs).inspect_err(
+            |error| {
+                if !matches!(error, StoreError::Conflict { .. }) {
+                    self.batch_failed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
+        )
     }
 
     /// Answers the saga step of a message whose event `service` had already
@@ -734,6 +827,126 @@ pub fn enqueue_command(
 /// (a JSON array) or a failure with its code and message. The first answer
 /// wins: a later one for the same token changes nothing, as Step Functions
 /// rejects an answer to a closed token.
+/// Applies a handled event's commit on `tx`: the completed idempotency
+/// record with its outputs, the conditional writes, the outputs on their
+/// subscribers' queues, the saga step's result and the deletion of the
+/// message.
+fn apply_commit(
+    tx: &Connection,
+    service: &str,
+    message: &ReceivedMessage,
+    event_id: &str,
+    writes: &[StateWrite],
+    outputs: &[(Vec<&str>, String, String)],
+) -> Result<CommitResult, StoreError> {
+    let message_seq = message.seq;
+    let now = now_ms();
+    // The outputs are JSON texts already, so the array is joined as text.
+    let mut output_array = String::with_capacity(
+        2 + outputs
+            .iter()
+            .map(|(_, _, body)| body.len() + 1)
+            .sum::<usize>(),
+    );
+    output_array.push('[');
+    for (position, (_, _, body)) in outputs.iter().enumerate() {
+        if position > 0 {
+            output_array.push(',');
+        }
+        output_array.push_str(body);
+    }
+    output_array.push(']');
+    // The idempotency record goes first: its primary key finds an event
+    // already complete, and then nothing else is applied.
+    let inserted = tx
+        .prepare_cached("INSERT INTO idempotency (service, event_id, status, outputs, completed_ms) VALUES (?1, ?2, 'complete', ?3, ?4) ON CONFLICT (service, event_id) DO NOTHING")
+        .map_err(unavailable)?
+        .execute(params![service, event_id, output_array, now])
+        .map_err(unavailable)?;
+    if inserted == 0 {
+        if let Some(token) = &message.task_token {
+            let stored_outputs: String = tx
+                .prepare_cached(
+                    "SELECT outputs FROM idempotency WHERE service = ?1 AND event_id = ?2",
+                )
+                .map_err(unavailable)?
+                .query_row(params![service, event_id], |row| row.get(0))
+                .map_err(unavailable)?;
+            insert_answer(tx, token, None, &stored_outputs, now)?;
+        }
+        tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+            .map_err(unavailable)?
+            .execute([message_seq])
+            .map_err(unavailable)?;
+        return Ok(CommitResult::Duplicate);
+    }
+    // The conditions are checked before any write, so that a conflict
+    // undoes only the idempotency record just inserted.
+    if let Err(conflict) = check_writes(tx, writes) {
+        tx.prepare_cached("DELETE FROM idempotency WHERE service = ?1 AND event_id = ?2")
+            .map_err(unavailable)?
+            .execute(params![service, event_id])
+            .map_err(unavailable)?;
+        return Err(conflict);
+    }
+    for write in writes {
+        put_or_delete(tx, write, now)?;
+    }
+    for (queues, id, body) in outputs {
+        enqueue(tx, queues, id, body, now)?;
+    }
+    if let Some(token) = &message.task_token {
+        insert_answer(tx, token, None, &output_array, now)?;
+    }
+    tx.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")
+        .map_err(unavailable)?
+        .execute([message_seq])
+        .map_err(unavailable)?;
+    Ok(CommitResult::Committed)
+}
+
+/// Checks the conditions of `writes` in order without writing, as
+/// `apply_write` would. A later write to a key is checked against the
+/// version an earlier one leaves.
+fn check_writes(tx: &Connection, writes: &[StateWrite]) -> Result<(), StoreError> {
+    // The version each key has after the writes before it; outcomes write
+    // a handful of keys, so a list is searched.
+    let mut versions: Vec<(&str, Option<u64>)> = Vec::new();
+    for write in writes {
+        let earlier = versions
+            .iter()
+            .rev()
+            .find(|(key, _)| *key == write.key.as_str());
+        let found = match earlier {
+            Some((_, version)) => *version,
+            None => tx
+                .prepare_cached("SELECT version FROM kv WHERE key = ?1")
+                .map_err(unavailable)?
+                .query_row([&write.key], |row| row.get(0))
+                .optional()
+                .map_err(unavailable)?,
+        };
+        let allowed = match write.expected {
+            Expected::Any => true,
+            Expected::Absent => found.is_none(),
+            Expected::Version(version) => found == Some(version),
+        };
+        if !allowed {
+            return Err(StoreError::Conflict {
+                key: write.key.clone(),
+                expected: write.expected,
+                found,
+            });
+        }
+        let next = write
+            .value
+            .as_ref()
+            .map(|_| found.map_or(1, |version| version + 1));
+        versions.push((write.key.as_str(), next));
+    }
+    Ok(())
+}
+
 fn insert_answer(
     tx: &Connection,
     token: &str,
@@ -774,6 +987,11 @@ pub(crate) fn apply_write(tx: &Connection, write: &StateWrite, now: i64) -> Resu
             found,
         });
     }
+    put_or_delete(tx, write, now)
+}
+
+/// Applies `write` without checking its condition.
+fn put_or_delete(tx: &Connection, write: &StateWrite, now: i64) -> Result<(), StoreError> {
     match &write.value {
         Some(value) => {
             tx.prepare_cached("INSERT INTO kv (key, value, version, updated_ms) VALUES (?1, ?2, 1, ?3)

@@ -275,3 +275,78 @@ async fn commit_of_a_completed_event_applies_nothing() {
     let stored = Store::get(&store, "probe/a").await.unwrap().unwrap();
     assert_eq!((stored.json.as_str(), stored.version), ("1", 1));
 }
+
+/// Runs `sql` on the store's own connection.
+fn execute(runtime: &EmbeddedRuntime, sql: &str) {
+    runtime
+        .store()
+        .transaction(|tx| {
+            tx.execute_batch(sql)
+                .map_err(|error| underwrite_runtime::StoreError::Unavailable(error.to_string()))
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failure_mid_commit_rolls_batch_back() {
+    // A trigger fails the state write of payment `boom` after its
+    // idempotency record went in, as a full disk would.
+    let (_dir, probe, runtime) = setup(5);
+    execute(
+        &runtime,
+        "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'probe/boom'
+         BEGIN SELECT RAISE(ABORT, 'write failed on purpose'); END;",
+    );
+    runtime
+        .publish(&[payment("a"), payment("boom"), payment("b")])
+        .unwrap();
+    let service = runtime.services()[0].clone();
+    let error = runtime
+        .process_batch(service.as_ref(), &mut Progress::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("the batch was rolled back"), "{error}");
+
+    // Nothing of the batch stays: no state, no idempotency record, and all
+    // three messages wait in the queue with their receive counted.
+    let store: &dyn Store = runtime.store().as_ref();
+    assert!(store.scan("probe/", None, 10).await.unwrap().is_empty());
+    let completed = runtime
+        .store()
+        .completed_among("probe", &["event-a", "event-boom", "event-b"])
+        .unwrap();
+    assert!(completed.is_empty(), "{completed:?}");
+    let (visible, hidden) = runtime.store().queue_depth("probe").unwrap();
+    assert_eq!(visible + hidden, 3);
+
+    // With the fault gone, each payment is handled once.
+    execute(&runtime, "DROP TRIGGER boom;");
+    let progress = run(&runtime).await;
+    assert_eq!(progress.handled, 3);
+    assert_eq!(progress.dead_lettered, 0);
+    assert_eq!(store.scan("probe/", None, 10).await.unwrap().len(), 3);
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn conflict_in_batch_fails_only_its_record() {
+    // The conflicting write is found before anything of its record is
+    // written, so the records around it commit.
+    let (_dir, _probe, runtime) = setup(1);
+    runtime
+        .publish(&[payment("a"), payment("conflict"), payment("b")])
+        .unwrap();
+    let progress = run(&runtime).await;
+    assert_eq!(progress.handled, 2);
+    assert_eq!(progress.dead_lettered, 1);
+    let letter = &runtime.store().dead_letters(None).unwrap()[0];
+    assert_eq!(letter.message_id, "event-conflict");
+    let completed = runtime
+        .store()
+        .completed_among("probe", &["event-a", "event-conflict", "event-b"])
+        .unwrap();
+    let mut completed: Vec<_> = completed.into_iter().collect();
+    completed.sort();
+    assert_eq!(completed, ["event-a", "event-b"]);
+}
