@@ -919,25 +919,9 @@ fn check_writes(tx: &Connection, writes: &[StateWrite]) -> Result<(), StoreError
             .find(|(key, _)| *key == write.key.as_str());
         let found = match earlier {
             Some((_, version)) => *version,
-            None => tx
-                .prepare_cached("SELECT version FROM kv WHERE key = ?1")
-                .map_err(unavailable)?
-                .query_row([&write.key], |row| row.get(0))
-                .optional()
-                .map_err(unavailable)?,
+            None => stored_version(tx, &write.key)?,
         };
-        let allowed = match write.expected {
-            Expected::Any => true,
-            Expected::Absent => found.is_none(),
-            Expected::Version(version) => found == Some(version),
-        };
-        if !allowed {
-            return Err(StoreError::Conflict {
-                key: write.key.clone(),
-                expected: write.expected,
-                found,
-            });
-        }
+        check_condition(write, found)?;
         let next = write
             .value
             .as_ref()
@@ -969,25 +953,34 @@ fn insert_answer(
 }
 
 pub(crate) fn apply_write(tx: &Connection, write: &StateWrite, now: i64) -> Result<(), StoreError> {
-    let found: Option<u64> = tx
-        .prepare_cached("SELECT version FROM kv WHERE key = ?1")
+    check_condition(write, stored_version(tx, &write.key)?)?;
+    put_or_delete(tx, write, now)
+}
+
+/// Returns the version stored at `key`, or `None` when it is absent.
+fn stored_version(tx: &Connection, key: &str) -> Result<Option<u64>, StoreError> {
+    tx.prepare_cached("SELECT version FROM kv WHERE key = ?1")
         .map_err(unavailable)?
-        .query_row([&write.key], |row| row.get(0))
+        .query_row([key], |row| row.get(0))
         .optional()
-        .map_err(unavailable)?;
+        .map_err(unavailable)
+}
+
+/// Fails with a conflict unless `write`'s condition holds for `found`.
+fn check_condition(write: &StateWrite, found: Option<u64>) -> Result<(), StoreError> {
     let allowed = match write.expected {
         Expected::Any => true,
         Expected::Absent => found.is_none(),
         Expected::Version(version) => found == Some(version),
     };
-    if !allowed {
-        return Err(StoreError::Conflict {
-            key: write.key.clone(),
-            expected: write.expected,
-            found,
-        });
+    if allowed {
+        return Ok(());
     }
-    put_or_delete(tx, write, now)
+    Err(StoreError::Conflict {
+        key: write.key.clone(),
+        expected: write.expected,
+        found,
+    })
 }
 
 /// Applies `write` without checking its condition.
