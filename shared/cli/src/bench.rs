@@ -130,7 +130,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
     let ratio = pipeline_rate / raw_rate;
     let verdict = if ratio >= 0.25 { "meets" } else { "MISSES" };
     println!(
-        "medians of {} rounds: services {pipeline_rate:.0} events/s, raw SQLite {raw_rate:.0} events/s",
+        "medians of {} round(s): services {pipeline_rate:.0} events/s, raw SQLite {raw_rate:.0} events/s",
         rounds.len()
     );
     println!(

@@ -256,7 +256,7 @@ pub fn lambda_environment(api: &str, function_name: &str) -> Vec<(String, String
 fn zip_sizes(folder: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     let entries = std::fs::read_dir(folder).with_context(|| {
         format!(
-            "Failed to read {}; build the zips first with `cargo lambda build --release --output-format zip`",
+            "Failed to read {}; build the zips first with `cargo lambda build --release --output-format zip`, or name their folder with --zips",
             folder.display()
         )
     })?;

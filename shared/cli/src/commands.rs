@@ -178,7 +178,7 @@ pub async fn publish_input(
     let marker = store.get(&marker_key).await?;
     if marker.is_some() && !republish {
         eprintln!(
-            "{} was already published (SHA-256 {}); skipping it. Pass --republish to publish it again.",
+            "{} was already published (SHA-256 {}); skipping it (`underwrite run --republish` publishes a file again).",
             path.display(),
             &file.digest[..12]
         );
@@ -227,7 +227,14 @@ fn take_saga_events(
         } else if signal_types.contains(&event.event_type.as_str()) {
             let known = started.contains(&event.subject)
                 || load_saga(runtime.store(), &event.subject)?.is_some();
-            if known {
+            let mismatch = crate::saga::check_acceptance(runtime.store(), &event)?;
+            if let Some(reason) = mismatch {
+                file.rejected.push(crate::input::Rejected {
+                    line,
+                    reason,
+                    text: line_text(path, line)?,
+                });
+            } else if known {
                 saga.push(event);
             } else {
                 file.rejected.push(crate::input::Rejected {
@@ -390,9 +397,10 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
         eprintln!(
-            "Published {} events from {}.",
+            "Published {} events from {}, and took {} for the origination sagas.",
             input.published,
-            path.display()
+            path.display(),
+            input.saga.len()
         );
         if !input.saga.is_empty() {
             if input.published > 0 {

@@ -169,7 +169,9 @@ pub async fn build_npa_report(
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     if closed.is_none_or(|closed| closed < as_of) {
-        let last = closed.map_or("no date".to_string(), |d| d.to_string());
+        let last = closed.map_or("none yet: no day.closed was handled".to_string(), |d| {
+            d.to_string()
+        });
         eprintln!(
             "warning: --as-of {as_of} is after the last closed business date ({last}); the report assumes no payment arrived after the ledger's last entry"
         );

@@ -33,7 +33,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "underwrite",
     version,
-    about = "Loan servicing and RBI asset classification for Indian digital lenders, on one machine."
+    about = "Loan origination, servicing and RBI asset classification for Indian digital lenders, on one machine."
 )]
 struct Cli {
     /// Config file; by default ./underwrite.json if present, else built-in defaults.

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use underwrite_events::Envelope;
 use underwrite_saga::steps::find_event;
 use underwrite_saga::{
-    Phase, SagaStatus, Source, StatusCounts, StepStatus, list_sagas, load_saga, origination,
-    replay_saga,
+    Phase, SagaRecord, SagaStatus, Source, StatusCounts, StepStatus, list_sagas, load_saga,
+    origination, replay_saga,
 };
 
 use crate::config::Config;
@@ -123,6 +124,48 @@ pub fn format_counts(counts: &StatusCounts) -> String {
         .join(", ")
 }
 
+/// Returns the `kfs.issued` event of the saga's kfs step: the KFS the
+/// borrower is to accept.
+fn issued_kfs(saga: &SagaRecord) -> Option<serde_json::Value> {
+    saga.forward("kfs")
+        .and_then(|kfs| kfs.answer.as_deref())
+        .and_then(|answer| find_event(answer, "kfs.issued"))
+        .and_then(|event| serde_json::from_str(&event).ok())
+}
+
+/// Checks a `kfs.accepted` against the KFS its saga issued, when the saga
+/// is in the store and has issued one: the proposal numbers must match.
+/// Returns the reason when they do not. An acceptance that names another
+/// KFS would be dead-lettered by the kfs service and leave the saga waiting,
+/// so it is rejected at input instead.
+pub fn check_acceptance(
+    store: &underwrite_runtime::SqliteStore,
+    event: &Envelope,
+) -> anyhow::Result<Option<String>> {
+    if event.event_type != "kfs.accepted" {
+        return Ok(None);
+    }
+    let Some(saga) = load_saga(store, &event.subject)? else {
+        return Ok(None);
+    };
+    let Some(issued) = issued_kfs(&saga) else {
+        return Ok(None);
+    };
+    let expected = issued["payload"]["proposal_number"]
+        .as_str()
+        .unwrap_or_default();
+    let named = event.payload["proposal_number"]
+        .as_str()
+        .unwrap_or_default();
+    if named == expected {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "kfs.accepted for {:?} names proposal number {named:?}, but the KFS issued for it is {expected:?}: send the issued number (`underwrite saga waiting` lists it)",
+        event.subject
+    )))
+}
+
 /// A saga whose step waits for an event from outside.
 #[derive(serde::Serialize)]
 struct Waiting {
@@ -154,12 +197,7 @@ fn waiting(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             Some(Source::Signal { event_type }) => event_type.to_string(),
             _ => continue,
         };
-        // The KFS the borrower is to accept, from the events of the kfs step.
-        let issued: Option<serde_json::Value> = saga
-            .forward("kfs")
-            .and_then(|kfs| kfs.answer.as_deref())
-            .and_then(|answer| find_event(answer, "kfs.issued"))
-            .and_then(|event| serde_json::from_str(&event).ok());
+        let issued = issued_kfs(&saga);
         let field = |name: &str| {
             issued
                 .as_ref()
@@ -199,8 +237,13 @@ fn waiting(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             row.valid_until.clone().unwrap_or_else(none),
         );
     }
+    let sagas = if rows.len() == 1 {
+        "saga waits"
+    } else {
+        "sagas wait"
+    };
     println!(
-        "{} sagas wait. Send each borrower's acceptance as a kfs.accepted input event with `underwrite run --input FILE`; an acceptance after the valid-until date ends the saga rolled back.",
+        "{} {sagas}. Send each borrower's acceptance as a kfs.accepted input event with `underwrite run --input FILE`; an acceptance after the valid-until date ends the saga rolled back.",
         rows.len()
     );
     Ok(ExitCode::SUCCESS)

@@ -597,15 +597,21 @@ fn publish_events(
         .map(|event| event.subject.as_str())
         .collect();
     let mut invalid = Vec::new();
-    for (index, event) in events.iter().enumerate() {
-        if signal_types.contains(&event.event_type.as_str())
-            && !starts.contains(event.subject.as_str())
+    for event in &events {
+        if !signal_types.contains(&event.event_type.as_str()) {
+            continue;
+        }
+        let mismatch = crate::saga::check_acceptance(ingest.store(), event)
+            .map_err(|error| store_failed(&error))?;
+        if let Some(reason) = mismatch {
+            invalid.push(format!("event {:?}: {reason}", event.id.as_str()));
+        } else if !starts.contains(event.subject.as_str())
             && load_saga(ingest.store(), &event.subject)
                 .map_err(|error| store_failed(&error))?
                 .is_none()
         {
             invalid.push(format!(
-                "event {index} (id {:?}): {} for {:?}, which has no {} saga: send its {} first",
+                "event {:?}: {} for {:?}, which has no {} saga: send its {} first",
                 event.id.as_str(),
                 event.event_type,
                 event.subject,

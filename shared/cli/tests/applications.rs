@@ -74,7 +74,12 @@ fn applications_then_acceptances_run_to_disbursal() {
     );
     let (ok, message) = run_input(path, "applications.jsonl");
     assert!(ok, "{message}");
-    assert!(message.contains("Published 4 events"), "{message}");
+    assert!(
+        message.contains(
+            "Published 4 events from applications.jsonl, and took 3 for the origination sagas."
+        ),
+        "{message}"
+    );
     assert!(
         message.contains("Started 3 origination sagas (0 had started before)"),
         "{message}"
@@ -109,21 +114,31 @@ fn applications_then_acceptances_run_to_disbursal() {
         "{list}"
     );
 
-    // An acceptance for an application that never came is a bad line:
-    // nothing of the file is taken, and both sagas still wait.
+    // An acceptance for an application that never came, and one that names
+    // another KFS than the one issued, are bad lines: nothing of the file is
+    // taken, and both sagas still wait.
     let valid_until = rows[0]["valid_until"].as_str().unwrap().to_string();
     let mut lines = vec![
         acceptance("A1", &proposal(0), "2024-06-07"),
         acceptance("A3", &proposal(1), "2024-07-31"),
     ];
     lines.push(acceptance("A9", "KFS-A9-20240607", "2024-06-07"));
-    write_lines(&path.join("bad-acceptances.jsonl"), &lines);
+    let mut typo: Value =
+        serde_json::from_str(&acceptance("A1", "KFS-A1-20240610", "2024-06-07")).unwrap();
+    typo["id"] = json!("accept-A1-typo");
+    let mut bad = lines.clone();
+    bad.push(typo.to_string());
+    write_lines(&path.join("bad-acceptances.jsonl"), &bad);
     let (ok, message) = run_input(path, "bad-acceptances.jsonl");
     assert!(!ok, "{message}");
     assert!(
         message.contains(
             "bad-acceptances.jsonl:3: kfs.accepted for \"A9\", which has no origination saga"
         ),
+        "{message}"
+    );
+    assert!(
+        message.contains("bad-acceptances.jsonl:4: kfs.accepted for \"A1\" names proposal number \"KFS-A1-20240610\", but the KFS issued for it is \"KFS-A1-20240607\""),
         "{message}"
     );
     assert!(message.contains("nothing was published"), "{message}");

@@ -805,6 +805,14 @@ fn posted_application_runs_its_saga() {
         "{}",
         refused.body
     );
+    // So is one that names another KFS than the one issued.
+    let refused = post_events(&server.address, &acceptance("A1", "KFS-A1-20240610"), None).unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("but the KFS issued for it is"),
+        "{}",
+        refused.body
+    );
 
     let accepted = post_events(&server.address, &acceptance("A1", &proposal), None).unwrap();
     assert_eq!(accepted.status, 202, "{}", accepted.body);

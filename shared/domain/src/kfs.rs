@@ -171,7 +171,7 @@ pub struct KfsIssue<'a> {
 pub enum AcceptanceError {
     /// The validity period is over.
     #[error(
-        "KFS {proposal_number} expired: it was valid until {valid_until} and acceptance came on {accepted_on}; issue a new KFS"
+        "KFS {proposal_number} expired: it was valid until {valid_until} and acceptance came on {accepted_on}; a new application.received issues a new KFS"
     )]
     Expired {
         /// The KFS.
