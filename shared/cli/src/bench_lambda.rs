@@ -23,6 +23,9 @@ use axum::routing::{get, post};
 use clap::Args;
 use tokio::sync::oneshot;
 
+/// The day-end job's function, deployed beside the services' functions.
+const DAY_END_FUNCTION: &str = "day-end";
+
 /// Largest deployment zip the functions aim for, in bytes (8 MB).
 pub const ZIP_TARGET_BYTES: u64 = 8_000_000;
 
@@ -264,11 +267,16 @@ fn zip_sizes(folder: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     for entry in entries {
         let entry = entry?;
         let zip = entry.path().join("bootstrap.zip");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `cargo lambda build` zips every binary of the workspace, the
+        // `underwrite` command too; only the functions are deployed.
+        let function = crate::services::NAMES.contains(&name.as_str()) || name == DAY_END_FUNCTION;
+        if !function {
+            eprintln!("bench: skipping {}: not a Lambda function", zip.display());
+            continue;
+        }
         if let Ok(metadata) = std::fs::metadata(&zip) {
-            sizes.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                metadata.len(),
-            ));
+            sizes.push((name, metadata.len()));
         }
     }
     sizes.sort();
