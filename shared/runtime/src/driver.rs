@@ -95,8 +95,34 @@ pub enum RunError {
     IdleWork(String),
 }
 
-/// The minimum number of input events that gets a signing thread of its own.
+/// The minimum number of input events that gets a signing or serialising
+/// thread of its own.
 const SIGNING_CHUNK_MIN: usize = 512;
+
+/// Applies `f` to each item, in order, splitting a large slice into one
+/// chunk per core. Serialising a large input is independent per event.
+fn map_on_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(SIGNING_CHUNK_MIN);
+    if items.len() <= chunk {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
 
 /// The embedded runtime: registered services over one SQLite store.
 pub struct EmbeddedRuntime {
@@ -347,7 +373,7 @@ impl EmbeddedRuntime {
     }
 
     fn route_all(&self, events: &[Envelope]) -> Vec<(Vec<&'static str>, String, String)> {
-        let bodies = events.iter().map(Envelope::to_json).collect();
+        let bodies = map_on_cores(events, Envelope::to_json);
         Self::route_bodies(events, bodies, |event_type| self.routes(event_type))
     }
 
