@@ -35,9 +35,7 @@ pub struct BenchArgs {
     /// The applicants CSV.
     #[arg(long, default_value = "examples/german_credit/german_credit.csv")]
     pub csv: std::path::PathBuf,
-    /// Rounds of the throughput comparison, each on fresh SQLite files; the
-    /// medians are compared with the target, so that one round slowed by
-    /// another process on the machine does not decide the verdict.
+    /// Rounds of the throughput comparison, each on fresh SQLite files. The medians are compared with the target, so that one round slowed by another process does not decide the verdict.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
@@ -138,7 +136,7 @@ pub async fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode>
     );
     // Each input event is delivered to up to three queues and npa's events
     // to audit, so the runtime moves more messages than there are input
-    // events; this ratio compares the cost per delivered record instead.
+    // events. This ratio compares the cost per delivered record instead.
     println!(
         "per record: {:.3} (records handled per second / raw messages per second, medians)",
         record_rate / raw_rate

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use underwrite_events::Envelope;
 use underwrite_runtime::{EmbeddedRuntime, Progress, RunOptions, SqliteStore, StateWrite, Store};
-use underwrite_saga::{SagaDefinition, SagaRunner, SagaStatus, load_saga, origination};
+use underwrite_saga::{SagaDefinition, SagaRunner, SagaStatus, origination};
 
 use crate::config::Config;
 
@@ -215,7 +215,7 @@ fn take_saga_events(
     let signal_types = definition.signal_types();
     let events = std::mem::take(&mut file.events);
     let lines = std::mem::take(&mut file.lines);
-    let started: std::collections::BTreeSet<String> = events
+    let starting: std::collections::BTreeSet<String> = events
         .iter()
         .filter(|event| event.event_type == definition.input_type)
         .map(|event| event.subject.clone())
@@ -225,26 +225,15 @@ fn take_saga_events(
         if event.event_type == definition.input_type {
             saga.push(event);
         } else if signal_types.contains(&event.event_type.as_str()) {
-            let known = started.contains(&event.subject)
-                || load_saga(runtime.store(), &event.subject)?.is_some();
-            let mismatch = crate::saga::check_acceptance(runtime.store(), &event)?;
-            if let Some(reason) = mismatch {
-                file.rejected.push(crate::input::Rejected {
+            let problem =
+                crate::saga::signal_problem(runtime.store(), definition, &event, &starting)?;
+            match problem {
+                Some(reason) => file.rejected.push(crate::input::Rejected {
                     line,
                     reason,
                     text: line_text(path, line)?,
-                });
-            } else if known {
-                saga.push(event);
-            } else {
-                file.rejected.push(crate::input::Rejected {
-                    line,
-                    reason: format!(
-                        "{} for {:?}, which has no {} saga: send its {} first, earlier in this file or in an earlier run",
-                        event.event_type, event.subject, definition.name, definition.input_type
-                    ),
-                    text: line_text(path, line)?,
-                });
+                }),
+                None => saga.push(event),
             }
         } else {
             file.events.push(event);
@@ -332,30 +321,6 @@ pub async fn run_services(
     Ok(totals)
 }
 
-/// Starts a saga for each application and records each signal, in order;
-/// both are idempotent. Returns a line for people.
-fn feed_sagas(runner: &SagaRunner<'_>, events: &[Envelope]) -> anyhow::Result<String> {
-    let input_type = runner.definition().input_type;
-    let (mut started, mut already_started, mut signalled, mut repeated) = (0, 0, 0, 0);
-    for event in events {
-        if event.event_type == input_type {
-            if runner.start(event)? {
-                started += 1;
-            } else {
-                already_started += 1;
-            }
-        } else if runner.signal(event)? {
-            signalled += 1;
-        } else {
-            repeated += 1;
-        }
-    }
-    Ok(format!(
-        "Started {started} {} sagas ({already_started} had started before); recorded {signalled} signals ({repeated} repeats ignored).",
-        runner.definition().name
-    ))
-}
-
 /// Describes the sagas in the store by status, naming the command that
 /// lists those waiting for the borrower; empty when there are none.
 fn saga_line(runtime: &EmbeddedRuntime) -> anyhow::Result<Option<String>> {
@@ -409,7 +374,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
                 // consent step of its application runs.
                 before = Some(run_services(&runtime, services.clone(), true, Some(&runner)).await?);
             }
-            eprintln!("{}", feed_sagas(&runner, &input.saga)?);
+            eprintln!("{}", crate::saga::feed(&runner, &input.saga)?);
         }
     }
     let mut totals = run_services(&runtime, services, args.until_idle, Some(&runner)).await?;

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use std::collections::BTreeSet;
 use underwrite_events::Envelope;
 use underwrite_saga::steps::find_event;
+
 use underwrite_saga::{
-    Phase, SagaRecord, SagaStatus, Source, StatusCounts, StepStatus, list_sagas, load_saga,
-    origination, replay_saga,
+    Phase, SagaDefinition, SagaError, SagaRecord, SagaRunner, SagaStatus, Source, StatusCounts,
+    StepStatus, list_sagas, load_saga, origination, replay_saga,
 };
 
 use crate::config::Config;
@@ -133,22 +135,29 @@ fn issued_kfs(saga: &SagaRecord) -> Option<serde_json::Value> {
         .and_then(|event| serde_json::from_str(&event).ok())
 }
 
-/// Checks a `kfs.accepted` against the KFS its saga issued, when the saga
-/// is in the store and has issued one: the proposal numbers must match.
-/// Returns the reason when they do not. An acceptance that names another
-/// KFS would be dead-lettered by the kfs service and leave the saga waiting,
-/// so it is rejected at input instead.
-pub fn check_acceptance(
+/// Returns why the saga signal `event` (such as `kfs.accepted`) cannot be
+/// taken, or `None` when it can. The signal must name a saga that is in the
+/// store or that an application in the same input starts (`starting`).
+/// An acceptance must name the proposal number of the KFS its saga issued:
+/// one naming another KFS would be dead-lettered by the kfs service and
+/// leave the saga waiting, so it is rejected at input instead.
+pub fn signal_problem(
     store: &underwrite_runtime::SqliteStore,
+    definition: &SagaDefinition,
     event: &Envelope,
+    starting: &BTreeSet<String>,
 ) -> anyhow::Result<Option<String>> {
-    if event.event_type != "kfs.accepted" {
-        return Ok(None);
-    }
     let Some(saga) = load_saga(store, &event.subject)? else {
-        return Ok(None);
+        if starting.contains(&event.subject) {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "{} for {:?}, which has no {} saga: send its {} first, earlier in the same input or in an earlier one",
+            event.event_type, event.subject, definition.name, definition.input_type
+        )));
     };
-    let Some(issued) = issued_kfs(&saga) else {
+    let issued = issued_kfs(&saga).filter(|_| event.event_type == "kfs.accepted");
+    let Some(issued) = issued else {
         return Ok(None);
     };
     let expected = issued["payload"]["proposal_number"]
@@ -164,6 +173,30 @@ pub fn check_acceptance(
         "kfs.accepted for {:?} names proposal number {named:?}, but the KFS issued for it is {expected:?}: send the issued number (`underwrite saga waiting` lists it)",
         event.subject
     )))
+}
+
+/// Starts a saga for each application in `events` and records each
+/// signal, in order; both are idempotent. Returns a line for people.
+pub fn feed(runner: &SagaRunner<'_>, events: &[Envelope]) -> Result<String, SagaError> {
+    let input_type = runner.definition().input_type;
+    let (mut started, mut already_started, mut signalled, mut repeated) = (0, 0, 0, 0);
+    for event in events {
+        if event.event_type == input_type {
+            if runner.start(event)? {
+                started += 1;
+            } else {
+                already_started += 1;
+            }
+        } else if runner.signal(event)? {
+            signalled += 1;
+        } else {
+            repeated += 1;
+        }
+    }
+    Ok(format!(
+        "Started {started} {} sagas ({already_started} had started before); recorded {signalled} signals ({repeated} repeats ignored).",
+        runner.definition().name
+    ))
 }
 
 /// A saga whose step waits for an event from outside.
@@ -185,6 +218,7 @@ fn waiting(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         let Some(saga) = load_saga(&store, &listed.saga_id)? else {
             continue;
         };
+
         let Some(step) = saga
             .steps
             .iter()
@@ -213,6 +247,7 @@ fn waiting(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             valid_until: field("valid_until"),
         });
     }
+
     if json {
         crate::commands::print_json_lines(&rows);
         return Ok(ExitCode::SUCCESS);

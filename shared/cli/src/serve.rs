@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use tracing::{error, info, warn};
 use underwrite_events::{Envelope, parse_input_line};
 use underwrite_runtime::{Clock, Counter, EmbeddedRuntime, RunError, RunOptions, SystemClock};
-use underwrite_saga::{SagaRunner, load_saga, origination};
+use underwrite_saga::{SagaRunner, origination};
 
 use crate::config::Config;
 
@@ -591,33 +591,20 @@ fn publish_events(
     let store_failed = |error: &dyn std::fmt::Display| IngestFailure::Store(error.to_string());
     let definition = origination();
     let signal_types = definition.signal_types();
-    let starts: std::collections::BTreeSet<&str> = events
+    let starting: std::collections::BTreeSet<String> = events
         .iter()
         .filter(|event| event.event_type == definition.input_type)
-        .map(|event| event.subject.as_str())
+        .map(|event| event.subject.clone())
         .collect();
     let mut invalid = Vec::new();
     for event in &events {
         if !signal_types.contains(&event.event_type.as_str()) {
             continue;
         }
-        let mismatch = crate::saga::check_acceptance(ingest.store(), event)
+        let problem = crate::saga::signal_problem(ingest.store(), &definition, event, &starting)
             .map_err(|error| store_failed(&error))?;
-        if let Some(reason) = mismatch {
+        if let Some(reason) = problem {
             invalid.push(format!("event {:?}: {reason}", event.id.as_str()));
-        } else if !starts.contains(event.subject.as_str())
-            && load_saga(ingest.store(), &event.subject)
-                .map_err(|error| store_failed(&error))?
-                .is_none()
-        {
-            invalid.push(format!(
-                "event {:?}: {} for {:?}, which has no {} saga: send its {} first",
-                event.id.as_str(),
-                event.event_type,
-                event.subject,
-                definition.name,
-                definition.input_type
-            ));
         }
     }
     if !invalid.is_empty() {
@@ -636,15 +623,10 @@ fn publish_events(
         return Ok(());
     }
     let runner = SagaRunner::new(ingest, &definition).map_err(|error| store_failed(&error))?;
-    for event in &saga {
-        // Both are idempotent: a repeated request starts or signals nothing new.
-        let fed = if event.event_type == definition.input_type {
-            runner.start(event)
-        } else {
-            runner.signal(event)
-        };
-        fed.map_err(|error| store_failed(&error))?;
-    }
+    // Starting and signalling are idempotent: a repeated request starts or
+    // signals nothing new.
+    let fed = crate::saga::feed(&runner, &saga).map_err(|error| store_failed(&error))?;
+    info!("{fed}");
     wake.store(true, Ordering::SeqCst);
     Ok(())
 }

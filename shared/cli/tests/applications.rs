@@ -158,9 +158,9 @@ fn applications_then_acceptances_run_to_disbursal() {
         "{message}"
     );
     assert!(waiting(path).is_empty());
-    let shown = text(&underwrite(path, &["saga", "show", "A1"]));
-    assert!(shown.contains("loan.sanctioned"), "{shown}");
-    assert!(shown.contains("loan.disbursed"), "{shown}");
+    let steps = text(&underwrite(path, &["saga", "show", "A1"]));
+    assert!(steps.contains("loan.sanctioned"), "{steps}");
+    assert!(steps.contains("loan.disbursed"), "{steps}");
     let list = text(&underwrite(path, &["saga", "list"]));
     let a3 = list.lines().find(|l| l.starts_with("A3 ")).unwrap();
     assert!(

@@ -789,7 +789,7 @@ fn posted_application_runs_its_saga() {
     let proposal = row["proposal_number"].as_str().unwrap().to_string();
 
     // An acceptance for an application the server never received is
-    // refused whole.
+    // rejected whole.
     let acceptance = |id: &str, proposal: &str| {
         json!({
             "id": format!("accept-{id}"), "type": "kfs.accepted",
@@ -798,20 +798,22 @@ fn posted_application_runs_its_saga() {
         })
         .to_string()
     };
-    let refused = post_events(&server.address, &acceptance("A9", "KFS-A9-20240607"), None).unwrap();
-    assert_eq!(refused.status, 400, "{}", refused.body);
+    let rejected =
+        post_events(&server.address, &acceptance("A9", "KFS-A9-20240607"), None).unwrap();
+    assert_eq!(rejected.status, 400, "{}", rejected.body);
     assert!(
-        refused.body.contains("which has no origination saga"),
+        rejected.body.contains("which has no origination saga"),
         "{}",
-        refused.body
+        rejected.body
     );
     // So is one that names another KFS than the one issued.
-    let refused = post_events(&server.address, &acceptance("A1", "KFS-A1-20240610"), None).unwrap();
-    assert_eq!(refused.status, 400, "{}", refused.body);
+    let rejected =
+        post_events(&server.address, &acceptance("A1", "KFS-A1-20240610"), None).unwrap();
+    assert_eq!(rejected.status, 400, "{}", rejected.body);
     assert!(
-        refused.body.contains("but the KFS issued for it is"),
+        rejected.body.contains("but the KFS issued for it is"),
         "{}",
-        refused.body
+        rejected.body
     );
 
     let accepted = post_events(&server.address, &acceptance("A1", &proposal), None).unwrap();
@@ -828,8 +830,8 @@ fn posted_application_runs_its_saga() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let shown = text(&underwrite(dir.path(), &["saga", "show", "A1"]));
-    assert!(shown.contains("loan.disbursed"), "{shown}");
+    let steps = text(&underwrite(dir.path(), &["saga", "show", "A1"]));
+    assert!(steps.contains("loan.disbursed"), "{steps}");
     server.signal(libc::SIGTERM);
     let (status, stderr) = server.wait();
     assert!(status.success(), "{stderr}");

@@ -99,23 +99,28 @@ pub enum RunError {
 /// thread of its own.
 const SIGNING_CHUNK_MIN: usize = 512;
 
-/// Applies `f` to each item, in order, splitting a large slice into one
-/// chunk per core. Serialising a large input is independent per event.
-fn map_on_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// Returns the chunk length that splits `len` items into one chunk per
+/// core, each of at least `SIGNING_CHUNK_MIN` items.
+fn chunk_len(len: usize) -> usize {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = items.len().div_ceil(threads).max(SIGNING_CHUNK_MIN);
-    if items.len() <= chunk {
-        return items.iter().map(f).collect();
+    len.div_ceil(threads).max(SIGNING_CHUNK_MIN)
+}
+
+/// Runs `work` on each chunk, each on a thread of its own when there are
+/// several, and returns the results in chunk order.
+fn on_cores<C: Send, R: Send>(chunks: Vec<C>, work: impl Fn(C) -> R + Sync) -> Vec<R> {
+    if chunks.len() <= 1 {
+        return chunks.into_iter().map(work).collect();
     }
-    let f = &f;
+    let work = &work;
     std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || work(chunk)))
             .collect();
         workers
             .into_iter()
-            .flat_map(|worker| {
+            .map(|worker| {
                 worker
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -222,28 +227,15 @@ impl EmbeddedRuntime {
         let Some(authority) = &self.authority else {
             return Ok(());
         };
-        let sign_all = |part: &mut [Envelope]| {
-            part.iter_mut()
-                .try_for_each(|event| authority.sign(INGEST_IDENTITY, event).map(|_| ()))
-        };
         // Each signature is independent of the others, so a large input is
         // signed on every core: an Ed25519 signature costs about 20 µs.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = events.len().div_ceil(threads).max(SIGNING_CHUNK_MIN);
-        if events.len() <= chunk {
-            return sign_all(events);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = events
-                .chunks_mut(chunk)
-                .map(|part| scope.spawn(move || sign_all(part)))
-                .collect();
-            workers.into_iter().try_for_each(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+        let chunks = events.chunks_mut(chunk_len(events.len())).collect();
+        on_cores(chunks, |part: &mut [Envelope]| {
+            part.iter_mut()
+                .try_for_each(|event| authority.sign(INGEST_IDENTITY, event).map(|_| ()))
         })
+        .into_iter()
+        .collect()
     }
 
     /// Checks the signature and the emitter policy of `event`, parsed from
@@ -373,7 +365,15 @@ impl EmbeddedRuntime {
     }
 
     fn route_all(&self, events: &[Envelope]) -> Vec<(Vec<&'static str>, String, String)> {
-        let bodies = map_on_cores(events, Envelope::to_json);
+        // Serialising each event is independent too, so a large input is
+        // serialised on every core.
+        let chunks = events.chunks(chunk_len(events.len())).collect();
+        let bodies = on_cores(chunks, |part: &[Envelope]| {
+            part.iter().map(Envelope::to_json).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         Self::route_bodies(events, bodies, |event_type| self.routes(event_type))
     }
 

@@ -823,10 +823,6 @@ pub fn enqueue_command(
     Ok(())
 }
 
-/// Records the answer to a task token, a success with the handler's outputs
-/// (a JSON array) or a failure with its code and message. The first answer
-/// wins: a later one for the same token changes nothing, as Step Functions
-/// rejects an answer to a closed token.
 /// Applies a handled event's commit on `tx`: the completed idempotency
 /// record with its outputs, the conditional writes, the outputs on their
 /// subscribers' queues, the saga step's result and the deletion of the
@@ -856,6 +852,7 @@ fn apply_commit(
         output_array.push_str(body);
     }
     output_array.push(']');
+
     // The idempotency record goes first: its primary key finds an event
     // already complete, and then nothing else is applied.
     let inserted = tx
@@ -880,6 +877,7 @@ fn apply_commit(
             .map_err(unavailable)?;
         return Ok(CommitResult::Duplicate);
     }
+
     // The conditions are checked before any write, so that a conflict
     // undoes only the idempotency record just inserted.
     if let Err(conflict) = check_writes(tx, writes) {
@@ -889,6 +887,7 @@ fn apply_commit(
             .map_err(unavailable)?;
         return Err(conflict);
     }
+
     for write in writes {
         put_or_delete(tx, write, now)?;
     }
@@ -931,6 +930,10 @@ fn check_writes(tx: &Connection, writes: &[StateWrite]) -> Result<(), StoreError
     Ok(())
 }
 
+/// Records the answer to a task token, a success with the handler's outputs
+/// (a JSON array) or a failure with its code and message. The first answer
+/// wins: a later one for the same token changes nothing, as Step Functions
+/// rejects an answer to a closed token.
 fn insert_answer(
     tx: &Connection,
     token: &str,
