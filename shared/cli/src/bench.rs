@@ -208,8 +208,7 @@ async fn throughput_round(config: &Config, lines: &[String], dir: &Path) -> anyh
             progress.handled,
             service_started.elapsed().as_secs_f64()
         );
-        totals.handled += progress.handled;
-        totals.emitted += progress.emitted;
+        totals.add(&progress);
     }
     let pipeline_seconds = started.elapsed().as_secs_f64();
     let pipeline_rate = events.len() as f64 / pipeline_seconds;

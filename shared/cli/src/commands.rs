@@ -351,7 +351,7 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.services
     };
-    let mut before = None;
+    let mut totals = Progress::default();
     if let Some(path) = &args.input {
         let input = publish_input(
             &runtime,
@@ -372,20 +372,14 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
                 // The services handle the published events first, so that a
                 // consent granted in the same file is on record before the
                 // consent step of its application runs.
-                before = Some(run_services(&runtime, services.clone(), true, Some(&runner)).await?);
+                let first = run_services(&runtime, services.clone(), true, Some(&runner)).await?;
+                totals.add(&first);
             }
             eprintln!("{}", crate::saga::feed(&runner, &input.saga)?);
         }
     }
-    let mut totals = run_services(&runtime, services, args.until_idle, Some(&runner)).await?;
-    if let Some(before) = before {
-        totals.handled += before.handled;
-        totals.duplicates += before.duplicates;
-        totals.retried += before.retried;
-        totals.dead_lettered += before.dead_lettered;
-        totals.answered_failures += before.answered_failures;
-        totals.emitted += before.emitted;
-    }
+    let rest = run_services(&runtime, services, args.until_idle, Some(&runner)).await?;
+    totals.add(&rest);
     println!("{}", describe(&totals));
     if let Some(line) = saga_line(&runtime)? {
         println!("{line}");

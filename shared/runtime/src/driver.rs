@@ -43,6 +43,19 @@ pub struct Progress {
     pub queued: u64,
 }
 
+impl Progress {
+    /// Adds the counts of another run; `queued` takes the later run's value.
+    pub fn add(&mut self, later: &Progress) {
+        self.handled += later.handled;
+        self.duplicates += later.duplicates;
+        self.retried += later.retried;
+        self.dead_lettered += later.dead_lettered;
+        self.answered_failures += later.answered_failures;
+        self.emitted += later.emitted;
+        self.queued = later.queued;
+    }
+}
+
 /// Options of `run`.
 pub struct RunOptions {
     /// Services to run, by name; empty runs every registered service.
